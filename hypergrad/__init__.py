@@ -1,0 +1,29 @@
+"""hypergrad: gradient-based hyperparameter optimisation with recurrent back-propagation.
+
+Implements Liao et al., "Reviving and Improving Recurrent Back-Propagation",
+ICML 2018. The public namespace:
+
+* :func:`fixed_point_grad`: RBP, CG-RBP, Neumann-RBP (and GMRES) through a steady state;
+* :func:`unrolled_grad`: BPTT and truncated BPTT over the same map;
+* :class:`FixedPoint`: a differentiable fixed-point layer with an RBP backward;
+* :mod:`hypergrad.linalg`: the matrix-free solvers and :class:`SolveInfo`.
+"""
+
+from hypergrad import linalg
+from hypergrad.implicit import METHODS, FixedPoint, fixed_point_grad, solve_adjoint
+from hypergrad.linalg import SolveInfo
+from hypergrad.unroll import unroll, unrolled_grad
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "FixedPoint",
+    "SolveInfo",
+    "fixed_point_grad",
+    "linalg",
+    "solve_adjoint",
+    "unroll",
+    "unrolled_grad",
+    "__version__",
+]

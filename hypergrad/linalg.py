@@ -1,0 +1,411 @@
+r"""Matrix-free solvers for the adjoint system of recurrent back-propagation.
+
+Every solver here solves
+
+.. math::  (I - M)\,x = b,
+
+given only the product :math:`v \mapsto M v` (and, for :func:`cg_normal`, also
+:math:`u \mapsto M^\top u`). In RBP, :math:`M = J_{F,h^*}^\top` and :math:`b =
+\partial L / \partial h^*`, so ``x`` is the auxiliary vector ``z`` of Eq. (9).
+Vectors are tuples of tensors (see :mod:`hypergrad._tree`); no matrix is ever
+formed.
+
+All solvers share one contract::
+
+    x, info = solver(apply_m, b, *, max_iter, tol, ...)
+
+and return a :class:`SolveInfo` whose ``residual`` is the relative residual
+:math:`\|(I - M)x - b\| / \|b\|` of the returned ``x``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+
+from hypergrad._tree import (
+    Tree,
+    tree_axpy,
+    tree_dot,
+    tree_norm,
+    tree_scale,
+    tree_sub,
+    tree_zeros_like,
+)
+
+__all__ = [
+    "SolveInfo",
+    "LinearOperator",
+    "neumann",
+    "fixed_point",
+    "cg_normal",
+    "gmres",
+    "power_iteration",
+    "SOLVERS",
+]
+
+LinearOperator = Callable[[Tree], Tree]
+
+
+class SolveInfo(NamedTuple):
+    """Statistics of one linear solve.
+
+    Attributes:
+        method: name of the solver (``"neumann"``, ``"rbp"``, ``"cg"``, ``"gmres"``).
+        iterations: iterations performed (Neumann: terms added beyond the first).
+        residual: relative residual ``||(I - M) x - b|| / ||b||`` of the returned ``x``.
+        converged: ``residual <= tol`` (with ``tol == 0``: ``residual`` below
+            ``sqrt(eps)`` of the dtype, i.e. solved to working precision).
+        diverged: the iterates became non-finite, or the residual ended above 1
+            (worse than ``x = 0``) and above its best value: the iteration grows.
+        stop_reason: ``"tol"``, ``"max_iter"``, ``"growth"`` (a Neumann term grew
+            and ``stop_on_growth`` was set), ``"nonfinite"`` or ``"breakdown"``.
+        residual_history: the residual after each iteration (first entry: the
+            starting point), as Python floats.
+        spectral_radius: power-iteration estimate of the spectral radius of
+            ``M`` from successive iterates (``nan`` when the solver gives none).
+        matvecs: number of products with ``M`` or ``M^T`` (the cost).
+    """
+
+    method: str
+    iterations: int
+    residual: float
+    converged: bool
+    diverged: bool
+    stop_reason: str
+    residual_history: tuple[float, ...]
+    spectral_radius: float
+    matvecs: int
+
+
+def _precision_tol(b: Tree) -> float:
+    dtype = b[0].dtype if b else torch.float64
+    return math.sqrt(torch.finfo(dtype).eps)
+
+
+def _make_info(
+    method: str,
+    iterations: int,
+    history: list[float],
+    stop_reason: str,
+    tol: float,
+    b: Tree,
+    spectral_radius: float,
+    matvecs: int,
+) -> SolveInfo:
+    residual = history[-1]
+    finite = math.isfinite(residual)
+    converged = finite and residual <= (tol if tol > 0 else _precision_tol(b))
+    best_before = min(history[:-1], default=residual)
+    diverged = (
+        stop_reason == "nonfinite"
+        or not finite
+        or (residual > 1.0 and residual > best_before * (1 + 1e-12))
+    )
+    return SolveInfo(
+        method=method,
+        iterations=iterations,
+        residual=residual,
+        converged=bool(converged) and not diverged,
+        diverged=bool(diverged),
+        stop_reason=stop_reason,
+        residual_history=tuple(history),
+        spectral_radius=spectral_radius,
+        matvecs=matvecs,
+    )
+
+
+def _rate(norms: list[float], window: int = 5) -> float:
+    """Geometric mean growth factor of the last ``window`` successive norms."""
+    if len(norms) < 2 or norms[-1 - min(window, len(norms) - 1)] <= 0:
+        return float("nan")
+    m = min(window, len(norms) - 1)
+    first, last = norms[-1 - m], norms[-1]
+    if not (math.isfinite(first) and math.isfinite(last)):
+        return float("inf")
+    if last == 0.0:
+        return 0.0
+    return (last / first) ** (1.0 / m)
+
+
+def _check_common(max_iter: int, tol: float) -> None:
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    if not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+
+
+def _zero_rhs(method: str, b: Tree) -> tuple[Tree, SolveInfo]:
+    return tree_zeros_like(b), SolveInfo(method, 0, 0.0, True, False, "tol", (0.0,), float("nan"), 0)
+
+
+def neumann(
+    apply_m: LinearOperator,
+    b: Tree,
+    *,
+    max_iter: int = 20,
+    tol: float = 0.0,
+    stop_on_growth: bool = False,
+) -> tuple[Tree, SolveInfo]:
+    r"""Truncated Neumann series, Algorithm 2 (Neumann-RBP), Eq. (16)-(17).
+
+    Returns :math:`g_K = \sum_{k=0}^{K} M^k b` with ``K = max_iter`` terms after
+    the first, i.e. the K-th order truncation of :math:`(I - M)^{-1} b`.
+
+    The residual of :math:`g_k` is :math:`\|M^{k+1} b\| / \|b\|`, the norm of
+    the next term, so the solver performs ``K + 1`` products and reports the
+    exact residual of what it returns. The ratios of successive term norms are
+    power iteration on ``M`` and give ``info.spectral_radius`` for free.
+
+    Args:
+        apply_m: ``v -> M v``.
+        b: right-hand side.
+        max_iter: ``K``, the number of terms after :math:`b` itself.
+        tol: stop early once the relative residual is ``<= tol`` (0: never).
+        stop_on_growth: stop before adding a term whose norm exceeds that of the
+            previous term (``stop_reason == "growth"``). Safe-guards a series
+            whose operator has spectral radius above 1 (Prop. 3 no longer bounds
+            the error there).
+    """
+    _check_common(max_iter, tol)
+    bnorm = tree_norm(b)
+    if bnorm == 0.0:
+        return _zero_rhs("neumann", b)
+    g = tuple(bi.clone() for bi in b)
+    v = b
+    norms = [bnorm]
+    history: list[float] = []  # history[k]: residual of g_k = ||M^(k+1) b|| / ||b||
+    stop_reason = "max_iter"
+    terms = 0
+    matvecs = 0
+    while True:
+        v = apply_m(v)
+        matvecs += 1
+        vnorm = tree_norm(v)
+        norms.append(vnorm)
+        history.append(vnorm / bnorm)
+        if not math.isfinite(vnorm):
+            stop_reason = "nonfinite"
+            break
+        if terms == max_iter:
+            break
+        if tol > 0 and history[-1] <= tol:
+            stop_reason = "tol"
+            break
+        if stop_on_growth and vnorm > norms[-2]:
+            stop_reason = "growth"
+            break
+        for gi, vi in zip(g, v):
+            gi.add_(vi)
+        terms += 1
+    return g, _make_info("neumann", terms, history, stop_reason, tol, b, _rate(norms), matvecs)
+
+
+def fixed_point(
+    apply_m: LinearOperator,
+    b: Tree,
+    *,
+    max_iter: int = 20,
+    tol: float = 0.0,
+    init: Tree | None = None,
+) -> tuple[Tree, SolveInfo]:
+    r"""Fixed-point iteration :math:`x_{i} = M x_{i-1} + b`, Algorithm 1 (original RBP), Eq. (10).
+
+    Starts from ``init`` (zeros by default; Algorithm 1 suggests U[0, 1]).
+    The residual of :math:`x_i` equals :math:`\|x_{i+1} - x_i\| / \|b\|`, the
+    quantity of Algorithm 1's stopping rule, so ``max_iter`` iterations cost
+    ``max_iter + 1`` products (one fewer from a zero start, where
+    :math:`x_1 = b` needs none).
+
+    From zero, ``K + 1`` iterations return exactly the ``K``-term Neumann sum
+    (Proposition 4).
+    """
+    _check_common(max_iter, tol)
+    bnorm = tree_norm(b)
+    if bnorm == 0.0 and init is None:
+        return _zero_rhs("rbp", b)
+    scale = bnorm if bnorm > 0 else 1.0
+    matvecs = 0
+    if init is None:
+        x = tuple(bi.clone() for bi in b)  # x_1 = M 0 + b
+        diffs = [bnorm]
+        history = [1.0]
+        done = 1
+    else:
+        x = tuple(t.detach().clone() for t in init)
+        diffs, history, done = [], [], 0
+    stop_reason = "max_iter"
+    while True:
+        x_next = tuple(mi + bi for mi, bi in zip(apply_m(x), b))
+        matvecs += 1
+        diff = tree_norm(tree_sub(x_next, x))
+        diffs.append(diff)
+        history.append(diff / scale)  # residual of x
+        if not math.isfinite(diff):
+            stop_reason = "nonfinite"
+            break
+        if done == max_iter:
+            break
+        if tol > 0 and history[-1] <= tol:
+            stop_reason = "tol"
+            break
+        x = x_next
+        done += 1
+    return x, _make_info("rbp", done, history, stop_reason, tol, b, _rate(diffs), matvecs)
+
+
+def cg_normal(
+    apply_m: LinearOperator,
+    apply_mt: LinearOperator,
+    b: Tree,
+    *,
+    max_iter: int = 20,
+    tol: float = 0.0,
+) -> tuple[Tree, SolveInfo]:
+    r"""Conjugate gradient on the normal equations (CG-RBP, §4.1).
+
+    With :math:`A = I - M`, solves :math:`A^\top A x = A^\top b`. For RBP,
+    :math:`M = J^\top`, so this is the paper's
+    :math:`(I - J)(I - J^\top) z = (I - J)\,g`. Implemented as CGLS, the
+    numerically stable form that never forms :math:`A^\top A`; each iteration
+    costs one product with ``M`` and one with ``M^T``. The condition number is
+    squared, so it converges more slowly than Neumann on well-conditioned
+    problems, but it does not need the spectral radius of ``M`` below 1.
+    """
+    _check_common(max_iter, tol)
+    bnorm = tree_norm(b)
+    if bnorm == 0.0:
+        return _zero_rhs("cg", b)
+
+    def a(v: Tree) -> Tree:
+        return tree_sub(v, apply_m(v))
+
+    def at(v: Tree) -> Tree:
+        return tree_sub(v, apply_mt(v))
+
+    x = tree_zeros_like(b)
+    r = b
+    s = at(r)
+    p = s
+    gamma = tree_dot(s, s)
+    matvecs = 1
+    history = [1.0]
+    stop_reason = "max_iter"
+    it = 0
+    while it < max_iter:
+        q = a(p)
+        matvecs += 1
+        qq = tree_dot(q, q)
+        if not bool(torch.isfinite(qq)) or not bool(torch.isfinite(gamma)):
+            stop_reason = "nonfinite"
+            history.append(float("nan"))
+            break
+        if float(qq) == 0.0 or float(gamma) == 0.0:
+            stop_reason = "breakdown"
+            break
+        alpha = (gamma / qq).to(b[0].dtype)
+        x = tree_axpy(alpha, p, x)
+        r = tree_axpy(-alpha, q, r)
+        it += 1
+        history.append(tree_norm(r) / bnorm)
+        if tol > 0 and history[-1] <= tol:
+            stop_reason = "tol"
+            break
+        if it == max_iter:
+            break
+        s = at(r)
+        matvecs += 1
+        gamma_new = tree_dot(s, s)
+        beta = (gamma_new / gamma).to(b[0].dtype)
+        p = tree_axpy(beta, p, s)
+        gamma = gamma_new
+    return x, _make_info("cg", it, history, stop_reason, tol, b, float("nan"), matvecs)
+
+
+def gmres(
+    apply_m: LinearOperator,
+    b: Tree,
+    *,
+    max_iter: int = 20,
+    tol: float = 0.0,
+) -> tuple[Tree, SolveInfo]:
+    r"""GMRES on :math:`(I - M) x = b` (the paper's suggested future work, §4.1).
+
+    Needs only products with ``M`` (no transpose) and, unlike CG-RBP, does not
+    square the condition number. It keeps ``max_iter`` basis vectors, so its
+    memory grows with the iteration count (restart it by calling again with
+    the result subtracted from ``b`` if that matters).
+    """
+    _check_common(max_iter, tol)
+    bnorm = tree_norm(b)
+    if bnorm == 0.0:
+        return _zero_rhs("gmres", b)
+    dtype = b[0].dtype
+    basis = [tree_scale(1.0 / bnorm, b)]
+    h = torch.zeros(max_iter + 1, max_iter, dtype=torch.float64)
+    history = [1.0]
+    y = torch.zeros(0, dtype=torch.float64)
+    stop_reason = "max_iter"
+    k = 0
+    for j in range(max_iter):
+        w = tree_sub(basis[j], apply_m(basis[j]))
+        for i in range(j + 1):  # modified Gram-Schmidt
+            hij = tree_dot(w, basis[i])
+            h[i, j] = hij
+            w = tree_axpy(-hij.to(dtype), basis[i], w)
+        hnext = tree_norm(w)
+        h[j + 1, j] = hnext
+        k = j + 1
+        if not math.isfinite(hnext):
+            stop_reason = "nonfinite"
+            history.append(float("nan"))
+            break
+        e1 = torch.zeros(k + 1, dtype=torch.float64)
+        e1[0] = bnorm
+        y = torch.linalg.lstsq(h[: k + 1, :k], e1.unsqueeze(1)).solution.squeeze(1)
+        res = float(torch.linalg.vector_norm(h[: k + 1, :k] @ y - e1)) / bnorm
+        history.append(res)
+        if hnext <= 1e-14 * bnorm:
+            stop_reason = "breakdown" if res > (tol or _precision_tol(b)) else "tol"
+            break
+        if tol > 0 and res <= tol:
+            stop_reason = "tol"
+            break
+        basis.append(tree_scale(1.0 / hnext, w))
+    x = tree_zeros_like(b)
+    for i in range(y.numel()):
+        x = tree_axpy(y[i].to(dtype), basis[i], x)
+    return x, _make_info("gmres", k, history, stop_reason, tol, b, float("nan"), k)
+
+
+def power_iteration(apply_m: LinearOperator, v0: Tree, *, num_iter: int = 10) -> float:
+    """Estimate the spectral radius of ``M`` by power iteration from ``v0``.
+
+    Returns the geometric-mean growth factor of the last iterates (``inf``
+    when they overflow). Uses only products with ``M``.
+    """
+    _check_common(num_iter, 0.0)
+    v = v0
+    n0 = tree_norm(v)
+    if n0 == 0.0:
+        return 0.0
+    norms = [1.0]
+    v = tree_scale(1.0 / n0, v)
+    log_growth = 0.0
+    for _ in range(num_iter):
+        w = apply_m(v)
+        n = tree_norm(w)
+        if not math.isfinite(n):
+            return float("inf")
+        if n == 0.0:
+            return 0.0
+        log_growth += math.log(n)
+        norms.append(math.exp(log_growth))
+        v = tree_scale(1.0 / n, w)
+    return _rate(norms)
+
+
+SOLVERS = ("rbp", "cg", "neumann", "gmres")
