@@ -115,20 +115,22 @@ def make_tanh_problem(
     n_in: int = 3,
     w: Tensor | None = None,
     unused: bool = False,
+    forward_iters: int = 400,
+    input_scale: float = 1.0,
 ) -> Problem:
     """A tanh map with ``||W||_2 = contraction`` (or the given ``W``) at its steady state."""
     gen = torch.Generator().manual_seed(seed)
     n = sum(math.prod(s) for s in shapes)
     if w is None:
         w = random_matrix_with_norm(n, n, contraction, gen)
-    u = torch.randn(n, n_in, dtype=DT, generator=gen) * 0.5
-    b = torch.randn(n, dtype=DT, generator=gen) * 0.3
+    u = torch.randn(n, n_in, dtype=DT, generator=gen) * 0.5 * input_scale
+    b = torch.randn(n, dtype=DT, generator=gen) * 0.3 * input_scale
     x = torch.randn(n_in, dtype=DT, generator=gen)
     params: Tree = (w, u, b, x)
     if unused:
         params = (*params, torch.randn(2, 3, dtype=DT, generator=gen))
     state0 = tuple(torch.zeros(s, dtype=DT) for s in shapes)
-    state = solve_forward(tanh_map, state0, params)
+    state = solve_forward(tanh_map, state0, params, iters=forward_iters)
     target = tuple(torch.randn(s, dtype=DT, generator=gen) for s in shapes)
     return Problem(tanh_map, params, state, _loss_grad(state, target), target)
 
@@ -168,6 +170,14 @@ def dense_jacobians(step: Callable[[Tree, Tree], Tree], state: Tree, params: Tre
     return jac_h, jac_w
 
 
+def state_jacobian(step: Callable[[Tree, Tree], Tree], state: Tree, params: Tree) -> Tensor:
+    """``J = dF/dh`` only (cheaper than :func:`dense_jacobians`)."""
+    p = tuple(t.detach() for t in params)
+    return torch.autograd.functional.jacobian(
+        lambda hv: flat(step(unflat(hv, state), p)), flat(state).detach()
+    )
+
+
 def exact_grad(step: Callable[[Tree, Tree], Tree], state: Tree, params: Tree, state_grad: Tree) -> Tree:
     """Eq. (8)-(9) densely: ``z = (I - J^T)^{-1} g``, ``dL/dw = (dF/dw)^T z``."""
     jac, jac_w = dense_jacobians(step, state, params)
@@ -192,7 +202,7 @@ def solve_forward(
     params: Tree,
     *,
     iters: int = 400,
-    newton: int = 8,
+    newton: int = 30,
 ) -> Tree:
     """The steady state ``h* = F(h*)`` to machine precision.
 
@@ -205,9 +215,12 @@ def solve_forward(
         for _ in range(iters):
             state = step(state, params)
     for _ in range(newton):
-        jac, _ = dense_jacobians(step, state, params)
         with torch.no_grad():
             res = flat(state) - flat(step(state, params))
+        if float(res.abs().max()) == 0.0:
+            break
+        jac = state_jacobian(step, state, params)
+        with torch.no_grad():
             delta = torch.linalg.solve(torch.eye(jac.shape[0], dtype=DT) - jac, res)
             state = unflat(flat(state) - delta, state)
     with torch.no_grad():
