@@ -102,6 +102,10 @@ class Problem:
         """``L(h) = 0.5 ||h - target||^2 + sum(h^3) / 3`` (non-quadratic)."""
         return sum(0.5 * ((s - t) ** 2).sum() + (s**3).sum() / 3 for s, t in zip(state, self.target))
 
+    def loss_grad_at(self, state: Tree) -> Tree:
+        """``dL/dh`` of :meth:`loss` at ``state``."""
+        return _loss_grad(state, self.target)
+
 
 def _loss_grad(state: Tree, target: Tree) -> Tree:
     return tuple((s - t) + s**2 for s, t in zip(state, target))
