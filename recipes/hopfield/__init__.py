@@ -1,0 +1,1 @@
+"""Associative memory with a continuous Hopfield network (paper §5.1)."""

@@ -1,0 +1,259 @@
+r"""Continuous Hopfield network for associative memory (paper §5.1, Eq. 18).
+
+The dynamics of Eq. (18), discretised by forward Euler with step 1,
+
+.. math::
+    h_{t+1} = h_t + \Bigl(-\frac{h_t}{a} + W \phi(b\,h_t) + I\Bigr),
+
+with :math:`a = 1`, :math:`b = 0.5` and :math:`\phi` the sigmoid. The neurons are
+784 observed, 1024 hidden and 784 output units. The observed units are clamped to
+the presented image ``I``; hidden and output units have :math:`I_i = 0` and start
+at 0. ``W = (A + A^T) * (1 - eye)`` is symmetric with a zero diagonal.
+
+Only the free (hidden + output) units evolve. Splitting ``W`` into its
+free-free block ``W_ff`` and free-observed block ``W_fo``, the map of the free
+units is
+
+.. math::
+    F(h; W_{ff}, c) = (1 - 1/a)\,h + \phi(b\,h) W_{ff}^\top + c,
+    \qquad c = \phi(b\,I) W_{fo}^\top,
+
+where the drive ``c`` of the clamped units is constant during inference. The
+map's parameters are ``(W_ff, c)``: the core computes the gradient with respect
+to them, and one autograd pull-back through ``W_ff(A)`` and ``c(A)`` gives the
+gradient with respect to the learnable ``A``. This keeps the 2592 x 2592 matrix
+out of the 50-step loop (each step is one ``(B, 1808) x (1808, 1808)`` product).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import hypergrad
+from hypergrad.data import read_idx
+from hypergrad.data.mnist import find_mnist_file
+
+__all__ = [
+    "LABELS",
+    "METHODS",
+    "HopfieldNet",
+    "corrupt",
+    "hopfield_step",
+    "l1_loss",
+    "load_images",
+    "method_grad",
+    "train_step_grad",
+]
+
+#: Gradient methods of the recipe, in the paper's order, with their display names.
+LABELS = {
+    "bptt": "BPTT",
+    "tbptt": "TBPTT",
+    "rbp": "RBP",
+    "cg": "CG-RBP",
+    "neumann": "Neumann-RBP",
+}
+METHODS = tuple(LABELS)
+RBP_METHODS = ("rbp", "cg", "neumann")
+#: ``sigmoid``: outputs are phi(b h) (the paper's text, §5.1); ``state``: outputs are the
+#: raw states h of the output units (what the paper's released code feeds to its L1 loss).
+READOUTS = ("sigmoid", "state")
+
+
+def hopfield_step(state: tuple[Tensor, ...], params: tuple[Tensor, ...], *, a: float = 1.0,
+                  b: float = 0.5) -> tuple[Tensor]:
+    r"""One forward-Euler step (step size 1) of Eq. (18) for the free units.
+
+    ``state = (h,)`` with ``h`` of shape ``(B, n_free)``; ``params = (W_ff, c)``
+    with ``W_ff`` of shape ``(n_free, n_free)`` and the clamped units' drive
+    ``c`` of shape ``(B, n_free)``.
+    """
+    (h,) = state
+    w_ff, drive = params
+    return ((1.0 - 1.0 / a) * h + torch.sigmoid(b * h) @ w_ff.T + drive,)
+
+
+def l1_loss(output: Tensor, target: Tensor) -> Tensor:
+    """Mean absolute error (``nn.L1Loss``), over pixels and images."""
+    return (output - target).abs().mean()
+
+
+@dataclass
+class HopfieldNet:
+    """The network's sizes, constants and learnable matrix ``A`` (``W = A + A^T``, zero diagonal)."""
+
+    A: Tensor
+    n_obs: int = 784
+    n_hidden: int = 1024
+    n_out: int = 784
+    a: float = 1.0
+    b: float = 0.5
+    num_steps: int = 50
+    readout_mode: str = "sigmoid"
+
+    def __post_init__(self) -> None:
+        if self.readout_mode not in READOUTS:
+            raise ValueError(f"unknown readout {self.readout_mode!r}; expected one of {', '.join(READOUTS)}")
+
+    @classmethod
+    def create(cls, *, n_obs: int = 784, n_hidden: int = 1024, n_out: int = 784, init_scale: float = 1e-3,
+               generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
+               **kwargs: float | int) -> HopfieldNet:
+        """A network with ``A ~ init_scale * N(0, 1)`` (the paper's code uses 1e-3)."""
+        for name, n in (("n_obs", n_obs), ("n_hidden", n_hidden), ("n_out", n_out)):
+            if n < 1:
+                raise ValueError(f"{name} must be >= 1, got {n}")
+        if init_scale < 0:
+            raise ValueError(f"init_scale must be >= 0, got {init_scale}")
+        n = n_obs + n_hidden + n_out
+        A = (torch.randn(n, n, generator=generator, dtype=dtype) * init_scale).requires_grad_(True)
+        return cls(A, n_obs, n_hidden, n_out, **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def n_free(self) -> int:
+        return self.n_hidden + self.n_out
+
+    def weights(self) -> Tensor:
+        """``W = (A + A^T) * (1 - I)``: symmetric, no self-connections (for inspection)."""
+        W = self.A + self.A.T
+        return W * (1.0 - torch.eye(W.shape[0], dtype=W.dtype))
+
+    def params(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """``(W_ff, c)`` of :func:`hopfield_step` for clamped ``images`` (B, n_obs), with a graph to ``A``.
+
+        Only the blocks of ``W`` that act on the free units are formed:
+        ``W_ff = (A_ff + A_ff^T)`` with its diagonal zeroed, ``W_fo = A_fo + A_of^T``.
+        """
+        n = self.n_obs
+        a_ff = self.A[n:, n:]
+        w_ff = (a_ff + a_ff.T) * self._offdiag_mask()
+        w_fo = self.A[n:, :n] + self.A[:n, n:].T
+        drive = torch.sigmoid(self.b * images) @ w_fo.T
+        return w_ff, drive
+
+    def _offdiag_mask(self) -> Tensor:
+        mask = getattr(self, "_mask", None)
+        if mask is None or mask.dtype != self.A.dtype:
+            mask = 1.0 - torch.eye(self.n_free, dtype=self.A.dtype)
+            self._mask = mask
+        return mask
+
+    def step_fn(self) -> Callable[[tuple[Tensor, ...], tuple[Tensor, ...]], tuple[Tensor]]:
+        a, b = self.a, self.b
+
+        def step(state: tuple[Tensor, ...], params: tuple[Tensor, ...]) -> tuple[Tensor]:
+            return hopfield_step(state, params, a=a, b=b)
+
+        return step
+
+    def initial_state(self, batch: int) -> tuple[Tensor]:
+        return (torch.zeros(batch, self.n_free, dtype=self.A.dtype),)
+
+    def readout(self, h: Tensor) -> Tensor:
+        """Outputs :math:`x_i = \\phi(b h_i)` (or the raw ``h_i`` with ``readout_mode="state"``)."""
+        h_out = h[:, self.n_hidden:]
+        return torch.sigmoid(self.b * h_out) if self.readout_mode == "sigmoid" else h_out
+
+    @torch.no_grad()
+    def retrieve(self, images: Tensor) -> Tensor:
+        """Run inference (``num_steps`` updates) on ``images`` and return the outputs ``phi(b h)``."""
+        w_ff, drive = self.params(images)
+        (h,) = hypergrad.unroll(self.step_fn(), self.initial_state(len(images)), (w_ff, drive),
+                                self.num_steps)
+        return self.readout(h)
+
+
+def method_grad(
+    method: str,
+    step: Callable[[tuple[Tensor, ...], tuple[Tensor, ...]], tuple[Tensor, ...]],
+    state0: tuple[Tensor, ...],
+    params: tuple[Tensor, ...],
+    loss_fn: Callable[[tuple[Tensor, ...]], Tensor],
+    *,
+    num_steps: int,
+    truncation: int,
+    generator: torch.Generator | None = None,
+) -> tuple[tuple[Tensor, ...], float, hypergrad.SolveInfo | None]:
+    """Loss at :math:`h_T` and its gradient w.r.t. ``params`` by one of :data:`METHODS`.
+
+    * ``bptt`` / ``tbptt``: :func:`hypergrad.unrolled_grad` through all ``num_steps``
+      steps / the last ``truncation`` of them.
+    * ``rbp`` / ``cg`` / ``neumann``: the ``num_steps`` inference steps run without a
+      graph (:func:`hypergrad.unroll`), :math:`\\partial L/\\partial h_T` comes from
+      autograd on the loss alone, then :func:`hypergrad.fixed_point_grad` at
+      :math:`h_T` with ``max_iter = truncation``. RBP starts from
+      :math:`z_0 \\sim U[0, 1]`, as Algorithm 1 and the paper's code do.
+
+    Returns ``(grads, loss, info)``; ``info`` is the solver's :class:`hypergrad.SolveInfo`
+    for the RBP family and ``None`` for (T)BPTT.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    if method in ("bptt", "tbptt"):
+
+        def loss_aux(state: tuple[Tensor, ...]) -> tuple[Tensor, float]:
+            loss = loss_fn(state)
+            return loss, float(loss.detach())
+
+        grads, loss_value = hypergrad.unrolled_grad(
+            step, state0, params, num_steps, loss_aux,
+            truncate=None if method == "bptt" else truncation, has_aux=True,
+        )
+        return grads, loss_value, None
+    h_T = hypergrad.unroll(step, state0, params, num_steps)
+    with torch.enable_grad():
+        leaf = tuple(t.detach().requires_grad_(True) for t in h_T)
+        loss = loss_fn(leaf)
+        state_grad = torch.autograd.grad(loss, leaf)
+    grads, info = hypergrad.fixed_point_grad(
+        step, h_T, params, state_grad, method=method, max_iter=truncation,
+        init="uniform" if method == "rbp" else None, generator=generator,
+    )
+    return grads, float(loss.detach()), info
+
+
+def train_step_grad(net: HopfieldNet, images: Tensor, method: str, truncation: int,
+                    generator: torch.Generator | None = None) -> tuple[float, hypergrad.SolveInfo | None]:
+    """Set ``net.A.grad`` to the gradient of the training L1 loss by ``method``.
+
+    Returns the loss at :math:`h_T` (before the update) and the solver's info (RBP family).
+    """
+    w_ff, drive = net.params(images)
+    params = (w_ff.detach(), drive.detach())
+
+    def loss_fn(state: tuple[Tensor, ...]) -> Tensor:
+        return l1_loss(net.readout(state[0]), images)
+
+    grads, loss, info = method_grad(method, net.step_fn(), net.initial_state(len(images)), params, loss_fn,
+                              num_steps=net.num_steps, truncation=truncation, generator=generator)
+    net.A.grad = None
+    torch.autograd.backward((w_ff, drive), grads)
+    return loss, info
+
+
+def load_images(root: str | Path) -> Tensor:
+    """The first training image of each digit 0-9, binarised (pixel > 0 -> 1), shape (10, 784)."""
+    images = read_idx(find_mnist_file(root, "train-images-idx3-ubyte"))
+    labels = read_idx(find_mnist_file(root, "train-labels-idx1-ubyte"))
+    idx = [int(np.flatnonzero(labels == d)[0]) for d in range(10)]
+    x = (images[idx].reshape(10, -1) > 0).astype(np.float32)
+    return torch.from_numpy(x)
+
+
+def corrupt(images: Tensor, fraction: float = 0.5, *, generator: torch.Generator | None = None) -> Tensor:
+    """Set ``floor(fraction * nnz)`` randomly chosen non-zero pixels of each image to zero."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    out = images.clone()
+    for row in out:
+        nz = torch.nonzero(row).flatten()
+        k = int(len(nz) * fraction)
+        drop = nz[torch.randperm(len(nz), generator=generator)[:k]]
+        row[drop] = 0.0
+    return out

@@ -1,0 +1,325 @@
+"""Train the continuous Hopfield network with BPTT, TBPTT and the RBP family (paper §5.1, Table A1).
+
+Two experiments, both written to one JSON file (``--out``):
+
+* ``curves`` (Fig. 1 and 2 analogues): one network per method, same seed and initialisation,
+  truncation ``--curve-truncation``; training L1 every iteration, validation L1 on the corrupted
+  images every ``--val-every`` iterations; the images each method retrieves at the end.
+* ``table`` (Table A1 analogue): ``--trials`` trials per method and truncation; a trial succeeds
+  when its final training loss is below 50% of its initial loss.
+
+Examples::
+
+    python -m recipes.hopfield.run --quick --out /tmp/hopfield_quick.json --figdir /tmp
+    python -m recipes.hopfield.run --out runs/hopfield.json --figdir docs/results
+    python -m recipes.hopfield.run --plot-only runs/hopfield.json --figdir docs/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from hypergrad.data import DataError, default_data_root
+from recipes.hopfield.model import (
+    LABELS,
+    METHODS,
+    READOUTS,
+    HopfieldNet,
+    corrupt,
+    l1_loss,
+    load_images,
+    train_step_grad,
+)
+
+SCHEMA_VERSION = 1
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _method_list(text: str) -> list[str]:
+    values = [v.strip().lower() for v in text.split(",") if v.strip()]
+    bad = [v for v in values if v not in METHODS]
+    if not values or bad:
+        raise argparse.ArgumentTypeError(
+            f"unknown method(s) {bad or text!r}; choose from {', '.join(METHODS)}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m recipes.hopfield.run", description=__doc__.splitlines()[0])
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="folder with the MNIST IDX files (default: default_data_root('mnist'))")
+    p.add_argument("--seed", type=int, default=0, help="seed of the curves run; trial i uses seed + 1 + i")
+    p.add_argument("--methods", type=_method_list, default=list(METHODS),
+                   help="comma-separated subset of " + ",".join(METHODS))
+    p.add_argument("--truncations", type=_int_list, default=[10, 20, 30], help="truncations of the table")
+    p.add_argument("--trials", type=int, default=20, help="trials per table cell (0: no table)")
+    p.add_argument("--iterations", type=int, default=20, help="training iterations per table trial")
+    p.add_argument("--curve-iterations", type=int, default=100,
+                   help="training iterations of the curves run (0: no curves)")
+    p.add_argument("--curve-truncation", type=int, default=20, help="truncation of the curves run")
+    p.add_argument("--val-every", type=int, default=10, help="validation period of the curves run")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--readout", choices=READOUTS, default="sigmoid",
+                   help="outputs phi(b h) (paper's text; default) or raw h (paper's released code)")
+    p.add_argument("--corrupt", type=float, default=0.5, help="fraction of non-zero test pixels set to 0")
+    p.add_argument("--out", type=Path, default=Path("runs/hopfield.json"), help="results JSON")
+    p.add_argument("--figdir", type=Path, default=None, help="where to write the PNG figures (default: none)")
+    p.add_argument("--fig-prefix", default="hopfield", help="file-name prefix of the figures")
+    p.add_argument("--plot-only", type=Path, default=None, metavar="JSON",
+                   help="regenerate the figures and the table from a results JSON; no training")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny run for tests: 2 curve iterations, 1 trial of 1 iteration, truncation 10")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    return p
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _bits(images: torch.Tensor) -> list[str]:
+    return ["".join("1" if v >= 0.5 else "0" for v in row.tolist()) for row in images]
+
+
+def _evaluate(net: HopfieldNet, corrupted: torch.Tensor, clean: torch.Tensor) -> tuple[float, float]:
+    """Validation L1 of the outputs on the corrupted inputs, and of the binarised outputs."""
+    out = net.retrieve(corrupted)
+    return float(l1_loss(out, clean)), float(l1_loss((out >= 0.5).to(clean.dtype), clean))
+
+
+def run_curves(images: torch.Tensor, args: argparse.Namespace, progress: bool) -> dict[str, Any]:
+    """Fig. 1 and Fig. 2: one network per method from the same initialisation."""
+    corrupted = corrupt(images, args.corrupt, generator=torch.Generator().manual_seed(args.seed))
+    curves: dict[str, Any] = {}
+    retrieval: dict[str, list[str]] = {"clean": _bits(images), "corrupted": _bits(corrupted)}
+    for method in args.methods:
+        gen = torch.Generator().manual_seed(args.seed)
+        net = HopfieldNet.create(generator=gen, readout_mode=args.readout)
+        opt = torch.optim.Adam([net.A], lr=args.lr)
+        rec: dict[str, list[Any]] = {"train_loss": [], "val_step": [], "val_loss": [], "val_binary": [],
+                                     "spectral_radius": [], "seconds": []}
+        bar = tqdm(range(args.curve_iterations), desc=f"curves {LABELS[method]}", disable=not progress,
+                   file=sys.stderr)
+        for it in bar:
+            if it % args.val_every == 0:
+                val, val_bin = _evaluate(net, corrupted, images)
+                rec["val_step"].append(it)
+                rec["val_loss"].append(_finite(val))
+                rec["val_binary"].append(_finite(val_bin))
+            t0 = time.perf_counter()
+            loss, info = train_step_grad(net, images, method, args.curve_truncation, generator=gen)
+            opt.step()
+            rec["seconds"].append(time.perf_counter() - t0)
+            rec["train_loss"].append(_finite(loss))
+            rec["spectral_radius"].append(None if info is None else _finite(info.spectral_radius))
+            bar.set_postfix(loss=f"{loss:.4g}")
+        val, val_bin = _evaluate(net, corrupted, images)
+        rec["val_step"].append(args.curve_iterations)
+        rec["val_loss"].append(_finite(val))
+        rec["val_binary"].append(_finite(val_bin))
+        curves[method] = rec
+        retrieval[method] = _bits(net.retrieve(corrupted))
+    return {"truncation": args.curve_truncation, "methods": curves, "retrieval": retrieval}
+
+
+def run_table(images: torch.Tensor, args: argparse.Namespace, progress: bool,
+              on_trial: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Table A1: success rate per method (BPTT has no truncation, so it is left out) and truncation."""
+    methods = [m for m in args.methods if m != "bptt"]
+    cells: dict[str, dict[str, Any]] = {
+        m: {str(k): {"initial": [], "final": [], "final_val": [], "success": []} for k in args.truncations}
+        for m in methods
+    }
+    table = {"truncations": args.truncations, "iterations": args.iterations, "trials_requested": args.trials,
+             "cells": cells}
+    total = args.trials * len(methods) * len(args.truncations)
+    bar = tqdm(total=total, desc="table", disable=not progress, file=sys.stderr)
+    for trial in range(args.trials):
+        seed = args.seed + 1 + trial
+        corrupted = corrupt(images, args.corrupt, generator=torch.Generator().manual_seed(seed))
+        for method in methods:
+            for k in args.truncations:
+                gen = torch.Generator().manual_seed(seed)
+                net = HopfieldNet.create(generator=gen, readout_mode=args.readout)
+                opt = torch.optim.Adam([net.A], lr=args.lr)
+                initial = float("nan")
+                for it in range(args.iterations):
+                    loss, _ = train_step_grad(net, images, method, k, generator=gen)
+                    opt.step()
+                    if it == 0:
+                        initial = loss
+                final = float(l1_loss(net.retrieve(images), images))
+                final_val, _ = _evaluate(net, corrupted, images)
+                cell = cells[method][str(k)]
+                cell["initial"].append(_finite(initial))
+                cell["final"].append(_finite(final))
+                cell["final_val"].append(_finite(final_val))
+                cell["success"].append(bool(math.isfinite(final) and final < 0.5 * initial))
+                bar.update(1)
+                bar.set_postfix(method=method, k=k, trial=trial)
+        if on_trial is not None:  # partial results survive an interrupted run
+            on_trial(table)
+    bar.close()
+    return table
+
+
+def success_table(results: dict[str, Any]) -> str:
+    """Markdown table: success rate per method (columns) and truncation (rows)."""
+    table = results.get("table")
+    if not table:
+        return "(no table in these results)"
+    methods = list(table["cells"])
+    lines = ["| Truncation | " + " | ".join(LABELS[m] for m in methods) + " |",
+             "|---|" + "---|" * len(methods)]
+    for k in table["truncations"]:
+        row = []
+        for m in methods:
+            succ = table["cells"][m][str(k)]["success"]
+            row.append(f"{100.0 * sum(succ) / len(succ):.0f}% ({sum(succ)}/{len(succ)})" if succ else "-")
+        lines.append(f"| {k} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def plot_curves(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = results["curves"]["methods"]
+    fig, (ax_tr, ax_va) = plt.subplots(1, 2, figsize=(11, 4))
+    for m, rec in curves.items():
+        tr = [float("nan") if v is None else v for v in rec["train_loss"]]
+        ax_tr.plot(range(len(tr)), tr, label=LABELS[m])
+        va = [float("nan") if v is None else v for v in rec["val_loss"]]
+        ax_va.plot(rec["val_step"], va, marker=".", label=LABELS[m])
+    k = results["curves"]["truncation"]
+    for ax, title in ((ax_tr, "training"), (ax_va, "validation (corrupted inputs)")):
+        ax.set_yscale("log")
+        ax.set_xlabel("training iteration (full batch of 10 images)")
+        ax.set_ylabel("L1 loss")
+        ax.set_title(f"{title}, truncation {k}")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_retrieval(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    ret = results["curves"]["retrieval"]
+    columns = ["corrupted"] + [m for m in METHODS if m in ret]
+    titles = ["corrupted input"] + [LABELS[m] for m in columns[1:]]
+    n = len(ret["corrupted"])
+    fig, axes = plt.subplots(n, len(columns), figsize=(1.3 * len(columns), 1.3 * n), squeeze=False)
+    for j, col in enumerate(columns):
+        for i in range(n):
+            img = np.array([int(c) for c in ret[col][i]], dtype=np.float32).reshape(28, 28)
+            ax = axes[i][j]
+            ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(titles[j], fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def make_figures(results: dict[str, Any], figdir: Path, prefix: str) -> list[Path]:
+    figdir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    if results.get("curves"):
+        paths += [figdir / f"{prefix}_curves.png", figdir / f"{prefix}_retrieval.png"]
+        plot_curves(results, paths[0])
+        plot_retrieval(results, paths[1])
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.plot_only is not None:
+        try:
+            results = json.loads(args.plot_only.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            parser.exit(1, f"error: cannot read {args.plot_only}: {exc}\n")
+        for path in make_figures(results, args.figdir or Path("."), args.fig_prefix):
+            print(f"wrote {path}")
+        print(success_table(results))
+        return 0
+    if args.quick:
+        args.trials, args.iterations, args.curve_iterations = 1, 1, 2
+        args.truncations, args.val_every = [10], 2
+        args.curve_truncation = 10
+    for name in ("trials", "iterations", "curve_iterations", "val_every", "curve_truncation"):
+        if getattr(args, name) < 0 or (name in ("val_every", "curve_truncation") and getattr(args, name) < 1):
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.trials > 0 and args.iterations < 1:
+        parser.error("--iterations must be >= 1 when --trials > 0")
+    if max([*args.truncations, args.curve_truncation]) > 50:
+        parser.error("truncations must not exceed the 50 inference steps")
+    torch.set_num_threads(1)
+    root = args.data_root or default_data_root("mnist")
+    try:
+        images = load_images(root)
+    except DataError as exc:
+        parser.exit(1, f"error: {exc}\n")
+    progress = not args.no_progress
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+              if k not in ("data_root", "plot_only", "figdir", "out")}
+    cli = sys.argv[1:] if argv is None else list(argv)
+    results: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "config": config,
+                               "command": "python -m recipes.hopfield.run " + " ".join(cli)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        args.out.write_text(json.dumps(results))
+
+    t0 = time.perf_counter()
+    if args.curve_iterations > 0:
+        results["curves"] = run_curves(images, args, progress)
+        save()
+    if args.trials > 0:
+
+        def save_table(table: dict[str, Any]) -> None:
+            results["table"] = table
+            save()
+
+        results["table"] = run_table(images, args, progress, on_trial=save_table)
+    results["seconds"] = time.perf_counter() - t0
+    save()
+    print(f"wrote {args.out}")
+    if args.figdir is not None:
+        for path in make_figures(results, args.figdir, args.fig_prefix):
+            print(f"wrote {path}")
+    print(success_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,321 @@
+"""Tests of the continuous Hopfield recipe (paper §5.1): model, gradients, memory, CLI."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+import hypergrad
+from hypergrad.data import DataError, default_data_root
+from hypergrad.implicit import _OneStepGraph  # the core's own J·u, the operator CG-RBP uses
+from recipes.hopfield import run
+from recipes.hopfield.model import (
+    METHODS,
+    RBP_METHODS,
+    HopfieldNet,
+    corrupt,
+    hopfield_step,
+    l1_loss,
+    load_images,
+    method_grad,
+)
+
+SMALL = {"n_obs": 6, "n_hidden": 5, "n_out": 6}
+
+
+def _mnist_images() -> torch.Tensor:
+    try:
+        return load_images(default_data_root("mnist"))
+    except DataError as exc:
+        pytest.skip(f"MNIST IDX files not found ({exc})")
+
+
+def _small_net(seed: int = 0, scale: float = 0.3, readout: str = "state") -> HopfieldNet:
+    gen = torch.Generator().manual_seed(seed)
+    return HopfieldNet.create(**SMALL, init_scale=scale, generator=gen, dtype=torch.float64,
+                              readout_mode=readout)
+
+
+def _binary_images(n: int, dim: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, dim, generator=gen) > 0.5).to(torch.float64)
+
+
+def test_step_is_euler_discretisation_of_eq18_with_clamped_units() -> None:
+    net = _small_net(scale=0.5)
+    images = _binary_images(3, SMALL["n_obs"])
+    W = net.weights().detach()
+    assert torch.equal(W, W.T)
+    assert torch.all(W.diagonal() == 0)
+    n_obs, a, b = net.n_obs, net.a, net.b
+    gen = torch.Generator().manual_seed(1)
+    h_free = torch.randn(3, net.n_free, generator=gen, dtype=torch.float64)
+    # Full network: observed units clamped to I, I = 0 on free units, Euler step 1 of Eq. (18).
+    h_all = torch.cat([images, h_free], dim=1)
+    I_all = torch.cat([images, torch.zeros_like(h_free)], dim=1)
+    euler = h_all + (-h_all / a + torch.sigmoid(b * h_all) @ W.T + I_all)
+    w_ff, drive = net.params(images)
+    (h_next,) = hopfield_step((h_free,), (w_ff.detach(), drive.detach()), a=a, b=b)
+    torch.testing.assert_close(h_next, euler[:, n_obs:])
+
+
+def test_model_validates_its_inputs() -> None:
+    with pytest.raises(ValueError, match="readout"):
+        _small_net(readout="logits")
+    with pytest.raises(ValueError, match="n_hidden"):
+        HopfieldNet.create(n_obs=3, n_hidden=0, n_out=3)
+    with pytest.raises(ValueError, match="unknown method"):
+        method_grad("lbfgs", hopfield_step, (torch.zeros(1, 2),), (torch.zeros(2, 2), torch.zeros(1, 2)),
+                    lambda s: s[0].sum(), num_steps=3, truncation=2)
+    with pytest.raises(ValueError, match="fraction"):
+        corrupt(torch.ones(1, 4), 1.5)
+
+
+def test_corrupt_zeroes_half_of_the_nonzero_pixels() -> None:
+    images = _binary_images(4, 50, seed=3).float()
+    out = corrupt(images, 0.5, generator=torch.Generator().manual_seed(0))
+    for x, y in zip(images, out):
+        nnz = int(x.sum())
+        assert int((x - y).sum()) == nnz // 2  # only ones turned into zeros, floor(50%) of them
+        assert torch.all(y <= x)
+    other = corrupt(images, 0.5, generator=torch.Generator().manual_seed(1))
+    assert not torch.equal(out, other)  # trials differ in corruption
+
+
+def _full_size_point(seed: int = 0) -> tuple[HopfieldNet, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """The 784/1024/784 model in float64 with weights large enough for a non-trivial Jacobian."""
+    gen = torch.Generator().manual_seed(seed)
+    net = HopfieldNet.create(init_scale=0.02, generator=gen, dtype=torch.float64)
+    images = _binary_images(2, 784, seed=seed)
+    w_ff, drive = net.params(images)
+    params = (w_ff.detach(), drive.detach())
+    state = hypergrad.unroll(net.step_fn(), net.initial_state(2), params, 5)
+    return net, state, params
+
+
+@pytest.mark.parametrize("jvp", ["double_vjp", "forward"])
+def test_core_jvp_matches_central_finite_differences_on_this_model(jvp: str) -> None:
+    net, state, params = _full_size_point()
+    step = net.step_fn()
+    u = (torch.randn(state[0].shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64),)
+    graph = _OneStepGraph(step, state, params, jvp)
+    (ju,) = graph.jvp(u)
+    eps = 1e-5
+    (fp,) = step((state[0] + eps * u[0],), params)
+    (fm,) = step((state[0] - eps * u[0],), params)
+    fd = (fp - fm) / (2 * eps)
+    assert float(fd.norm()) > 1e-2  # the Jacobian is not negligible at this point
+    torch.testing.assert_close(ju, fd, rtol=1e-6, atol=1e-8)
+    # J^T is the adjoint of J: <J u, v> == <u, J^T v>.
+    v = (torch.randn(state[0].shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64),)
+    (jtv,) = graph.vjp(v)
+    torch.testing.assert_close(torch.sum(ju * v[0]), torch.sum(u[0] * jtv), rtol=1e-9, atol=0.0)
+
+
+def test_paper_code_forward_jacobian_product_disagrees_with_finite_differences() -> None:
+    """The released code's ``_update_forward_diff`` uses sigmoid(W h) * (1 - .) * W v; J u is
+    W (b * sigmoid'(b h) * u). This documents why the recipe relies on the core's generic J·u."""
+    net, state, params = _full_size_point()
+    w_ff, _ = params
+    h = state[0]
+    u = torch.randn(h.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    sig_wh = torch.sigmoid(h @ w_ff.T)
+    paper = net.b * sig_wh * (1 - sig_wh) * (u @ w_ff.T)
+    eps = 1e-5
+    fd = (net.step_fn()((h + eps * u,), params)[0] - net.step_fn()((h - eps * u,), params)[0]) / (2 * eps)
+    assert float((paper - fd).norm() / fd.norm()) > 0.1
+
+
+@pytest.mark.parametrize("jvp", ["double_vjp", "forward"])
+def test_cg_rbp_matches_dense_implicit_gradient(jvp: str) -> None:
+    """CG-RBP through the public API equals (I - J^T)^{-1} g pulled back, J from finite differences."""
+    net = _small_net(scale=0.4)
+    images = _binary_images(2, SMALL["n_obs"], seed=1)
+    w_ff, drive = net.params(images)
+    params = (w_ff.detach(), drive.detach())
+    step = net.step_fn()
+    (h_star,) = hypergrad.unroll(step, net.initial_state(2), params, 300)
+    torch.testing.assert_close(step((h_star,), params)[0], h_star, rtol=0, atol=1e-10)
+    target = images
+    h_leaf = h_star.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(l1_loss(net.readout(h_leaf), target), h_leaf)
+
+    n = h_star.numel()
+    eps = 1e-6
+    J = torch.empty(n, n, dtype=torch.float64)
+    for k in range(n):
+        e = torch.zeros(n, dtype=torch.float64)
+        e[k] = eps
+        plus = step((h_star + e.view_as(h_star),), params)[0].flatten()
+        minus = step((h_star - e.view_as(h_star),), params)[0].flatten()
+        J[:, k] = (plus - minus) / (2 * eps)
+    z = torch.linalg.solve(torch.eye(n, dtype=torch.float64) - J.T, g.flatten()).view_as(h_star)
+    p_leaf = tuple(p.clone().requires_grad_(True) for p in params)
+    expected = torch.autograd.grad(step((h_star,), p_leaf)[0], p_leaf, z)
+
+    grads, info = hypergrad.fixed_point_grad(step, (h_star,), params, (g,), method="cg", max_iter=4 * n,
+                                             tol=1e-12, jvp=jvp)
+    assert info.residual < 1e-8
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
+
+
+def test_methods_agree_with_bptt_at_a_converged_state() -> None:
+    net = _small_net(scale=0.3)
+    images = _binary_images(2, SMALL["n_obs"], seed=2)
+    w_ff, drive = net.params(images)
+    params = (w_ff.detach(), drive.detach())
+    step = net.step_fn()
+
+    def loss_fn(state: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return l1_loss(net.readout(state[0]), images)
+
+    results = {m: method_grad(m, step, net.initial_state(2), params, loss_fn, num_steps=50, truncation=30,
+                              generator=torch.Generator().manual_seed(0)) for m in METHODS}
+    ref, ref_loss, _ = results["bptt"]
+    assert ref[0].norm() > 0
+    for m, (grads, loss, info) in results.items():
+        assert loss == pytest.approx(ref_loss, rel=1e-9)
+        assert (info is None) == (m not in RBP_METHODS)
+        for got, want in zip(grads, ref):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-9, msg=m)
+    # TBPTT(K) and Neumann-RBP(K - 1) are the same series at a fixed point (Proposition 2).
+    tb = method_grad("tbptt", step, net.initial_state(2), params, loss_fn, num_steps=50, truncation=3)[0]
+    ne = method_grad("neumann", step, net.initial_state(2), params, loss_fn, num_steps=50, truncation=2)[0]
+    for x, y in zip(tb, ne):
+        torch.testing.assert_close(x, y, rtol=1e-7, atol=1e-12)
+
+
+class _CountingStep:
+    """Wraps the step map; records, per call, whether it built a graph."""
+
+    def __init__(self, step: Callable[..., tuple[torch.Tensor, ...]]) -> None:
+        self.step = step
+        self.graph_calls = 0
+        self.calls = 0
+
+    def __call__(self, state: tuple[torch.Tensor, ...],
+                 params: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        out = self.step(state, params)
+        self.calls += 1
+        self.graph_calls += int(any(t.requires_grad for t in out))
+        return out
+
+
+def _saved_bytes(fn: Callable[[], object]) -> int:
+    """Bytes of the tensors autograd saves for backward while ``fn`` runs (the graph's memory)."""
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_rbp_methods_keep_no_trajectory_graph(method: str) -> None:
+    net = HopfieldNet.create(n_obs=20, n_hidden=30, n_out=20, init_scale=0.05,
+                             generator=torch.Generator().manual_seed(0))
+    images = _binary_images(2, 20).float()
+    w_ff, drive = net.params(images)
+    params = (w_ff.detach(), drive.detach())
+
+    def loss_fn(state: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return l1_loss(net.readout(state[0]), images)
+
+    def run_with(num_steps: int) -> tuple[_CountingStep, int]:
+        counter = _CountingStep(net.step_fn())
+        nbytes = _saved_bytes(lambda: method_grad(method, counter, net.initial_state(2), params, loss_fn,
+                                                  num_steps=num_steps, truncation=5))
+        return counter, nbytes
+
+    counter50, bytes50 = run_with(50)
+    _, bytes10 = run_with(10)
+    expected_graph_steps = {"bptt": 50, "tbptt": 5}.get(method, 1)
+    assert counter50.graph_calls == expected_graph_steps
+    assert counter50.calls >= 50
+    if method in RBP_METHODS:
+        # Only the one-step graph at h_50 (and the loss) is saved: memory does not grow with the steps.
+        assert bytes50 == bytes10
+    elif method == "bptt":
+        assert bytes50 > 4 * bytes10
+
+
+def test_loads_first_image_of_each_digit_binarised() -> None:
+    images = _mnist_images()
+    assert images.shape == (10, 784)
+    assert set(images.unique().tolist()) == {0.0, 1.0}
+    assert len({tuple(x.tolist()) for x in images}) == 10
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    try:
+        load_images(default_data_root("mnist"))
+    except DataError as exc:
+        pytest.skip(f"MNIST IDX files not found ({exc})")
+    out_dir = tmp_path_factory.mktemp("hopfield")
+    out = out_dir / "results.json"
+    code = run.main(["--quick", "--no-progress", "--out", str(out), "--figdir", str(out_dir)])
+    assert code == 0
+    return json.loads(out.read_text()), out_dir
+
+
+def test_quick_run_writes_curves_and_success_rates(quick_results: tuple[dict, Path]) -> None:
+    results, out_dir = quick_results
+    assert results["schema_version"] == run.SCHEMA_VERSION
+    curves = results["curves"]["methods"]
+    assert list(curves) == list(METHODS)
+    for rec in curves.values():
+        assert len(rec["train_loss"]) == 2
+        assert all(v is not None and v > 0 for v in rec["train_loss"])
+        assert rec["val_step"] == [0, 2]
+        assert len(rec["val_loss"]) == 2
+    ret = results["curves"]["retrieval"]
+    for key in ("clean", "corrupted", *METHODS):
+        assert len(ret[key]) == 10 and all(len(s) == 784 for s in ret[key])
+    cells = results["table"]["cells"]
+    assert set(cells) == {"tbptt", "rbp", "cg", "neumann"}
+    for per_k in cells.values():
+        cell = per_k["10"]
+        assert len(cell["success"]) == 1
+        assert cell["success"][0] == (cell["final"][0] < 0.5 * cell["initial"][0])
+    assert (out_dir / "hopfield_curves.png").stat().st_size > 0
+    assert (out_dir / "hopfield_retrieval.png").stat().st_size > 0
+
+
+def test_plot_only_regenerates_figures_and_table(quick_results: tuple[dict, Path], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    _, out_dir = quick_results
+    assert run.main(["--plot-only", str(out_dir / "results.json"), "--figdir", str(tmp_path),
+                     "--fig-prefix", "again"]) == 0
+    assert (tmp_path / "again_curves.png").is_file()
+    assert (tmp_path / "again_retrieval.png").is_file()
+    assert "| 10 |" in capsys.readouterr().out
+
+
+def test_success_table_counts_trials() -> None:
+    results = {"table": {"truncations": [10], "cells": {
+        "rbp": {"10": {"success": [True, False, False, False]}},
+        "neumann": {"10": {"success": [True, True]}},
+    }}}
+    table = run.success_table(results)
+    assert "25% (1/4)" in table and "100% (2/2)" in table
+
+
+def test_cli_rejects_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        run.main(["--methods", "bptt,adam"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        run.main(["--truncations", "10,0"])
+    assert exc.value.code == 2
+    assert "positive" in capsys.readouterr().err
