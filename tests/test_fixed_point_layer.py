@@ -180,3 +180,22 @@ def test_layer_memory_is_one_application_of_f() -> None:
 def test_bad_construction(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         hypergrad.FixedPoint(TanhCell(), **kwargs)
+
+
+@pytest.mark.xfail(
+    strict=True, reason="FixedPoint.__init__ does not validate forward_tol (negative or NaN is accepted)"
+)
+@pytest.mark.parametrize("forward_tol", [-1.0, float("nan")])
+def test_bad_forward_tol(forward_tol: float) -> None:
+    with pytest.raises(ValueError, match=r"forward_tol"):
+        hypergrad.FixedPoint(TanhCell(), forward_tol=forward_tol)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="FixedPoint.__init__ checks only forward_max_iter < 1: 2.5 is accepted and fails later in "
+    "forward() with a TypeError from range()",
+)
+def test_non_integer_forward_max_iter() -> None:
+    with pytest.raises(ValueError, match=r"forward_max_iter"):
+        hypergrad.FixedPoint(TanhCell(), forward_max_iter=2.5)
