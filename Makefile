@@ -15,7 +15,7 @@ $(STAMP): setup.cfg pyproject.toml requirements.txt
 install: $(STAMP)
 
 tune: $(STAMP)
-	$(BIN)/hypergrad tune --dataset digits --logdir runs/quickstart --out runs/quickstart/results.json
+	$(BIN)/hypergrad tune --dataset digits --logdir runs/quickstart --overwrite
 
 test: $(STAMP)
 	$(BIN)/ruff check hypergrad tests recipes benchmarks

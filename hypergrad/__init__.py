@@ -10,8 +10,11 @@ ICML 2018. The public namespace:
 """
 
 from hypergrad import linalg
+from hypergrad.hyperparams import HyperSpec, to_sgd_param_groups
 from hypergrad.implicit import METHODS, FixedPoint, fixed_point_grad, solve_adjoint
+from hypergrad.inner import InnerProblem
 from hypergrad.linalg import SolveInfo
+from hypergrad.tuner import TuneConfig, Tuner, TuneResult, tune
 from hypergrad.unroll import unroll, unrolled_grad
 
 __version__ = "0.1.0"
@@ -19,11 +22,18 @@ __version__ = "0.1.0"
 __all__ = [
     "METHODS",
     "FixedPoint",
+    "HyperSpec",
+    "InnerProblem",
     "SolveInfo",
+    "TuneConfig",
+    "TuneResult",
+    "Tuner",
+    "__version__",
     "fixed_point_grad",
     "linalg",
     "solve_adjoint",
+    "to_sgd_param_groups",
+    "tune",
     "unroll",
     "unrolled_grad",
-    "__version__",
 ]

@@ -20,14 +20,14 @@ __all__ = [
     "Tree",
     "as_tree",
     "tree_add",
-    "tree_sub",
-    "tree_scale",
     "tree_axpy",
-    "tree_dot",
-    "tree_norm",
-    "tree_zeros_like",
-    "tree_isfinite",
     "tree_detach",
+    "tree_dot",
+    "tree_isfinite",
+    "tree_norm",
+    "tree_scale",
+    "tree_sub",
+    "tree_zeros_like",
 ]
 
 

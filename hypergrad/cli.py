@@ -1,18 +1,320 @@
-"""Command-line interface: ``hypergrad <command> ...``."""
+"""Command-line interface: ``hypergrad <command> ...``.
+
+Commands: ``tune`` (the main job), ``check-grad`` (hypergradient fidelity against BPTT).
+
+Exit codes:
+  0  success
+  1  the run stopped on a divergence (``--on-divergence stop``)
+  2  invalid input: flags, config file, data files or checkpoint (one line on stderr)
+  130  interrupted (Ctrl-C); the last checkpoint is kept, continue with ``--resume DIR``
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import math
+import os
 import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-__all__ = ["main"]
+EXIT_OK, EXIT_DIVERGED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+__all__ = ["EXIT_DIVERGED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "main"]
+
+
+class UsageError(Exception):
+    """A user error reported as one line on stderr with exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit code 2, no traceback
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
+def _add_problem_flags(p: argparse.ArgumentParser) -> None:
+    from hypergrad.config import DATASETS
+    from hypergrad.hyperparams import GRANULARITIES
+
+    g = p.add_argument_group("data and model")
+    g.add_argument("--config", metavar="FILE", help="TOML or YAML file with the same keys as these flags")
+    g.add_argument("--dataset", choices=DATASETS, default=None, help="digits (embedded, default) or mnist")
+    g.add_argument("--data-root", metavar="DIR", default=None, help="folder with the MNIST IDX files")
+    g.add_argument("--n-train", type=_positive_int, default=None, help="MNIST training images (default 10000)")
+    g.add_argument("--hidden", default=None, metavar="50,50,50", help="hidden layer sizes of the tanh MLP")
+    g.add_argument("--per", choices=GRANULARITIES, default=None, help="hyperparameter granularity (tensor)")
+    g.add_argument("--batch-size", type=_positive_int, default=None, help="inner minibatch size (100)")
+    g.add_argument("--inner-steps", type=_positive_int, default=None, help="T, inner steps per meta step (100)")
+    g.add_argument("--truncate", type=_positive_int, default=None, help="K: TBPTT steps / solver iterations (10)")
+    g.add_argument("--hyper-batches", type=_positive_int, default=None, help="M, RBP minibatches averaged (4)")
+    g.add_argument("--seed", type=_nonneg_int, default=None, help="seed of data split, model init, batches (0)")
+    g.add_argument("--meta-loss", choices=("val", "train"), default=None, help="meta loss (val)")
+    g.add_argument(
+        "--fixed-point-batch", choices=("minibatch", "full"), default=None,
+        help="RBP step map on M minibatches or on the full training set (minibatch)",
+    )
+
+
+def _add_tune_flags(p: argparse.ArgumentParser) -> None:
+    from hypergrad.tuner import DIVERGENCE_POLICIES, TUNE_METHODS
+
+    g = p.add_argument_group("meta optimisation")
+    g.add_argument("--method", choices=TUNE_METHODS, default=None, help="hypergradient method (neumann)")
+    g.add_argument("--meta-steps", type=_positive_int, default=None, help="N, meta steps (50)")
+    g.add_argument("--meta-lr", type=_positive_float, default=None, help="Adam learning rate (0.05)")
+    g.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None, help="meta-lr schedule")
+    g.add_argument("--clip", type=_positive_float, default=None, help="max hypergradient norm (off)")
+    g.add_argument("--on-divergence", choices=DIVERGENCE_POLICIES, default=None, help="policy (backoff)")
+    o = p.add_argument_group("output")
+    o.add_argument("--logdir", default=None, metavar="DIR", help="TensorBoard logs and checkpoints")
+    o.add_argument("--out", default=None, metavar="FILE", help="results JSON (default: DIR/results.json)")
+    o.add_argument("--resume", default=None, metavar="DIR", help="continue the run checkpointed in DIR")
+    o.add_argument("--overwrite", action="store_true", help="start afresh even if --logdir has a checkpoint")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+_FLAG_KEYS = (
+    "dataset", "data_root", "n_train", "hidden", "per", "batch_size", "inner_steps", "truncate",
+    "hyper_batches", "seed", "meta_loss", "fixed_point_batch", "method", "meta_steps", "meta_lr",
+    "lr_schedule", "clip", "on_divergence", "logdir", "out",
+)
+
+
+def _collect(args: argparse.Namespace) -> dict[str, Any]:
+    """Config-file values overridden by the flags that were given."""
+    from hypergrad.config import load_config_file, parse_hidden
+
+    values: dict[str, Any] = load_config_file(args.config) if getattr(args, "config", None) else {}
+    for key in _FLAG_KEYS:
+        value = getattr(args, key, None)
+        if value is not None:
+            values[key] = parse_hidden(value) if key == "hidden" else value
+    return values
+
+
+def _write_json(path: str | Path, data: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, allow_nan=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------- tune
+def cmd_tune(args: argparse.Namespace) -> int:
+    from hypergrad.callbacks import LoggingCallback, ProgressBar, TensorBoardLogger
+    from hypergrad.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+    from hypergrad.config import build_configs, validate_keys
+    from hypergrad.tuner import DivergenceError, Tuner
+    from hypergrad.workloads import build_problem
+
+    state = None
+    if args.resume:
+        state = load_checkpoint(args.resume)
+        values = validate_keys(dict(state["run"]), source=f"checkpoint {args.resume}")
+        values["logdir"] = str(args.resume)
+        if args.meta_steps is not None:  # allow extending a finished run
+            values["meta_steps"] = args.meta_steps
+    else:
+        values = _collect(args)
+    cfg, run = build_configs(values)
+    logdir = Path(run.logdir) if run.logdir else None
+    if logdir is not None and state is None and (logdir / CHECKPOINT_NAME).exists() and not args.overwrite:
+        raise UsageError(
+            f"{str(logdir)!r} already holds a checkpoint; continue it with --resume {logdir}, "
+            "or pass --overwrite / another --logdir"
+        )
+    problem, split = build_problem(run, cfg)
+    callbacks: list[Any] = [LoggingCallback()]
+    if not args.no_progress:
+        callbacks.append(ProgressBar())
+    tuner = Tuner(problem, cfg, callbacks=callbacks, x_test=split.x_test, y_test=split.y_test)
+    if state is not None:
+        tuner.load_state_dict(state["tuner"])
+    if logdir is not None:
+        callbacks.append(TensorBoardLogger(logdir, global_step_offset=tuner.step_count))
+    saved_values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
+
+    def checkpoint(t: Tuner) -> None:
+        if logdir is not None:
+            save_checkpoint(logdir, {"run": saved_values, "tuner": t.state_dict()})
+
+    print(
+        f"tuning {cfg.per} learning rates and momenta ({problem.spec.num_hyperparameters} hyperparameters) "
+        f"of an MLP {split.num_features}-{'-'.join(map(str, run.hidden))}-{split.num_classes} on {run.dataset} "
+        f"with {cfg.method} (T={cfg.inner_steps}, K={cfg.truncate}, M={cfg.hyper_batches}, N={cfg.meta_steps})",
+        file=sys.stderr,
+    )
+    code = EXIT_OK
+    try:
+        result = tuner.run(on_checkpoint=checkpoint)
+    except DivergenceError as exc:
+        print(f"hypergrad: error: {exc}; the best hyperparameters so far are kept", file=sys.stderr)
+        result = tuner.finish()
+        code = EXIT_DIVERGED
+    out = run.out or (str(logdir / "results.json") if logdir is not None else None)
+    summary = result.to_json()
+    summary["run"] = saved_values
+    if out:
+        _write_json(out, summary)
+    ev = result.evaluation
+    print(
+        f"validation loss: {ev['initial']['val_loss']:.4f} (initial) -> {ev['best']['val_loss']:.4f} "
+        f"(best, meta step {result.best_step}); final {ev['final']['val_loss']:.4f}"
+    )
+    if "test_accuracy" in ev["initial"]:
+        print(f"test accuracy:   {ev['initial']['test_accuracy']:.4f} -> {ev['best']['test_accuracy']:.4f}")
+    if problem.spec.per != "element":
+        print("torch.optim.SGD param groups (lr = alpha*(1-beta), momentum = beta, dampening = 0):")
+        for g in result.param_groups():
+            print(f"  {g['name']:<12} lr={g['lr']:.5g}  momentum={g['momentum']:.4f}")
+    if out:
+        print(f"results: {out}")
+    if logdir is not None:
+        print(f"TensorBoard: tensorboard --logdir {logdir}")
+    return code
+
+
+# ---------------------------------------------------------------------- check-grad
+def cmd_check_grad(args: argparse.Namespace) -> int:
+    import torch
+
+    from hypergrad._tree import tree_dot, tree_norm
+    from hypergrad.config import build_configs
+    from hypergrad.tuner import TUNE_METHODS, Tuner
+    from hypergrad.workloads import build_problem
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in methods:
+        if m not in TUNE_METHODS:
+            raise UsageError(f"unknown method {m!r} in --methods; expected some of {', '.join(TUNE_METHODS)}")
+    values = _collect(args)
+    values.setdefault("method", "bptt")
+    cfg, run = build_configs(values)
+    problem, _ = build_problem(run, cfg)
+    rows = []
+    ref = None
+    for m in ["bptt", *[m for m in methods if m != "bptt"]]:
+        tuner = Tuner(problem, cfg.__class__(**{**cfg.to_dict(), "method": m}))
+        t0 = time.perf_counter()
+        grad, _, loss, stats = tuner.hypergradient(tuner.hparams, tuner._batches(0), m, salt=0)
+        seconds = time.perf_counter() - t0
+        if ref is None:
+            ref = grad
+        cos = float(tree_dot(grad, ref)) / max(tree_norm(grad) * tree_norm(ref), 1e-300)
+        rel = tree_norm(tuple(a - b for a, b in zip(grad, ref))) / max(tree_norm(ref), 1e-300)
+        rows.append({
+            "method": m, "cosine_vs_bptt": cos, "rel_error_vs_bptt": rel, "norm": tree_norm(grad),
+            "seconds": seconds, "meta_loss": float(loss),
+            "solver": stats.get("solver"),
+            "grad": [g.tolist() for g in grad],
+        })
+    print(f"hypergradients at the initial hyperparameters ({run.dataset}, T={cfg.inner_steps}, K={cfg.truncate}, "
+          f"M={cfg.hyper_batches}, seed {cfg.seed}); reference: BPTT")
+    print(f"{'method':<8} {'cosine':>8} {'rel.err':>10} {'norm':>10} {'seconds':>8}")
+    for r in rows:
+        if r["method"] in methods or r["method"] == "bptt":
+            print(f"{r['method']:<8} {r['cosine_vs_bptt']:>8.4f} {r['rel_error_vs_bptt']:>10.4f} "
+                  f"{r['norm']:>10.4g} {r['seconds']:>8.2f}")
+    if args.out:
+        _write_json(args.out, {"config": cfg.to_dict(), "run": {"dataset": run.dataset}, "rows": rows})
+    del torch
+    return EXIT_OK
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
+    "tune": (cmd_tune, "tune per-tensor learning rates and momenta of an MLP"),
+    "check-grad": (cmd_check_grad, "compare every method's hypergradient with BPTT's"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="hypergrad",
+        description="Gradient-based hyperparameter optimisation with recurrent back-propagation.",
+        epilog=__doc__.split("Exit codes:", 1)[1].join(["Exit codes:", ""]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser.add_argument(
+        "--threads", type=_positive_int, default=1,
+        help="torch intra-op threads (default 1: fastest for small models on a shared CPU)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           epilog=parser.epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+        _add_problem_flags(p)
+        if name == "tune":
+            _add_tune_flags(p)
+        if name == "check-grad":
+            p.add_argument("--methods", default="bptt,tbptt,rbp,cg,neumann,gmres",
+                           help="comma-separated methods to compare")
+            p.add_argument("--out", default=None, metavar="FILE", help="JSON with every hypergradient")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hypergrad", description=__doc__)
-    parser.add_subparsers(dest="command", required=True)
-    parser.parse_args(argv)
-    return 0
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="hypergrad: %(levelname)s: %(message)s", level=logging.INFO)
+    import torch
+
+    from hypergrad.checkpoint import CheckpointError
+    from hypergrad.config import ConfigError
+    from hypergrad.data import DataError
+
+    torch.set_num_threads(args.threads)
+    handler = COMMANDS[args.command][0]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("hypergrad: interrupted; the last checkpoint is kept (continue with --resume DIR)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (UsageError, ConfigError, DataError, CheckpointError, ValueError) as exc:
+        if args.debug:
+            raise
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"hypergrad: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from hypergrad import linalg
 from hypergrad._tree import Tree, as_tree, tree_isfinite
 from hypergrad.linalg import SolveInfo
 
-__all__ = ["fixed_point_grad", "FixedPoint", "METHODS", "solve_adjoint", "StepFn"]
+__all__ = ["METHODS", "FixedPoint", "StepFn", "fixed_point_grad", "solve_adjoint"]
 
 StepFn = Callable[[Tree, Tree], Tree | Tensor]
 METHODS = linalg.SOLVERS  # ("rbp", "cg", "neumann", "gmres")
@@ -333,16 +333,16 @@ class FixedPoint(nn.Module):
 
     def forward(self, h0: Tensor, *inputs: Tensor) -> Tensor:
         h = h0
+        steps, change = 0, float("inf")
         with torch.no_grad():
-            for t in range(self.forward_max_iter):
+            while steps < self.forward_max_iter and change > self.forward_tol:
                 h_next = self.f(h, *inputs)
                 change = float(torch.linalg.vector_norm(h_next - h)) / max(
                     float(torch.linalg.vector_norm(h)), 1e-30
                 )
                 h = h_next
-                if change <= self.forward_tol:
-                    break
-            self.forward_steps = t + 1
+                steps += 1
+            self.forward_steps = steps
             self.forward_residual = change
         if not torch.is_grad_enabled():
             return h

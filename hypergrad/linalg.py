@@ -37,14 +37,14 @@ from hypergrad._tree import (
 )
 
 __all__ = [
-    "SolveInfo",
-    "LinearOperator",
-    "neumann",
-    "fixed_point",
-    "cg_normal",
-    "gmres",
-    "power_iteration",
     "SOLVERS",
+    "LinearOperator",
+    "SolveInfo",
+    "cg_normal",
+    "fixed_point",
+    "gmres",
+    "neumann",
+    "power_iteration",
 ]
 
 LinearOperator = Callable[[Tree], Tree]

@@ -22,7 +22,7 @@ from torch import Tensor
 from hypergrad._tree import Tree, as_tree
 from hypergrad.implicit import StepFn
 
-__all__ = ["unrolled_grad", "unroll"]
+__all__ = ["unroll", "unrolled_grad"]
 
 
 def _check_steps(num_steps: int, truncate: int | None) -> int:

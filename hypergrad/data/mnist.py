@@ -15,7 +15,7 @@ import torch
 
 from hypergrad.data.core import DataError, Split
 
-__all__ = ["read_idx", "find_mnist_file", "load_mnist_split", "MNIST_SHA256"]
+__all__ = ["MNIST_SHA256", "find_mnist_file", "load_mnist_split", "read_idx"]
 
 MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte",

@@ -1,0 +1,119 @@
+"""Observers of a tuning run: TensorBoard logging and a progress bar.
+
+The tuner reports to callbacks; it never prints. Scalars written by
+:class:`TensorBoardLogger` (through ``torch.utils.tensorboard``):
+
+``meta/val_loss``, ``meta/train_loss``, ``meta/loss``, ``hyper/lr/<tensor>``,
+``hyper/momentum/<tensor>``, ``hypergrad/norm``, ``hypergrad/spread``,
+``solver/residual``, ``solver/iterations``, ``solver/spectral_radius``,
+``time/seconds_per_meta_step``, ``meta/lr``; and ``add_hparams`` at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hypergrad.tuner import Tuner, TuneResult
+
+__all__ = ["LoggingCallback", "ProgressBar", "TensorBoardLogger"]
+
+logger = logging.getLogger("hypergrad")
+
+
+def _tag(name: str) -> str:
+    return name.replace("/", "_")
+
+
+class TensorBoardLogger:
+    """Write a run's scalars to ``logdir`` (one event file per run).
+
+    Args:
+        logdir: the run's directory (several runs under one parent overlay in TensorBoard).
+        global_step_offset: first step number (a resumed run continues its curve).
+    """
+
+    def __init__(self, logdir: str | Path, *, global_step_offset: int = 0) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.logdir = Path(logdir)
+        self.writer = SummaryWriter(log_dir=str(self.logdir), purge_step=global_step_offset or None)
+
+    def on_start(self, tuner: Tuner) -> None:
+        self.writer.add_text("config", str(tuner.config.to_dict()), tuner.step_count)
+
+    def on_meta_step(self, tuner: Tuner, record: dict[str, Any]) -> None:
+        step = record["step"]
+        w = self.writer
+
+        def scalar(tag: str, value: Any) -> None:
+            if isinstance(value, (int, float)) and value is not None:
+                w.add_scalar(tag, float(value), step)
+
+        scalar("meta/val_loss", record["val_loss"])
+        scalar("meta/train_loss", record["train_loss"])
+        scalar("meta/loss", record["meta_loss"])
+        scalar("meta/lr", record["meta_lr"])
+        scalar("hypergrad/norm", record["hypergrad_norm"])
+        scalar("hypergrad/spread", record["hypergrad_spread"])
+        solver = record.get("solver") or {}
+        scalar("solver/residual", solver.get("residual"))
+        scalar("solver/iterations", solver.get("iterations"))
+        scalar("solver/spectral_radius", solver.get("spectral_radius"))
+        scalar("time/seconds_per_meta_step", record["seconds"])
+        for name, hp in record["hyperparameters"].items():
+            for key, value in hp.items():
+                kind = "lr" if key.startswith("lr") else "momentum"
+                scalar(f"hyper/{kind}/{_tag(name)}", value)
+        w.flush()
+
+    def on_end(self, tuner: Tuner, result: TuneResult) -> None:
+        cfg = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in result.config.to_dict().items()}
+        metrics = {f"hparam/{split}_{k}": v for split, ev in result.evaluation.items() for k, v in ev.items()}
+        self.writer.add_hparams(cfg, metrics, run_name=".")
+        self.writer.flush()
+        self.writer.close()
+
+
+class ProgressBar:
+    """A tqdm bar over meta steps showing the current and best validation loss."""
+
+    def __init__(self, *, disable: bool | None = None, desc: str = "meta steps") -> None:
+        self.disable = disable
+        self.desc = desc
+        self.bar: Any = None
+
+    def on_start(self, tuner: Tuner) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(
+            total=tuner.config.meta_steps, initial=tuner.step_count, desc=self.desc, disable=self.disable,
+            dynamic_ncols=True,
+        )
+
+    def on_meta_step(self, tuner: Tuner, record: dict[str, Any]) -> None:
+        if self.bar is None:
+            return
+        val = record["val_loss"]
+        self.bar.set_postfix(
+            val_loss=f"{val:.4f}" if val is not None else "nan",
+            best=f"{tuner.best_loss:.4f}",
+            refresh=False,
+        )
+        self.bar.update(1)
+
+    def on_end(self, tuner: Tuner, result: TuneResult) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class LoggingCallback:
+    """Log divergence events and actions through the ``hypergrad`` logger."""
+
+    def on_meta_step(self, tuner: Tuner, record: dict[str, Any]) -> None:
+        if record["events"]:
+            logger.warning(
+                "meta step %d: %s -> %s", record["step"], ", ".join(record["events"]), record["action"]
+            )

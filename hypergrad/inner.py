@@ -1,0 +1,182 @@
+r"""The inner training loop as a stationary RNN over (weights, velocity) (paper §5.3).
+
+One step of SGD with momentum, in the form of Maclaurin et al. (2015):
+
+.. math::
+    v' = \beta \odot v - (1 - \beta) \odot \nabla_w L_\text{train}(w; B_t), \qquad
+    w' = w + \alpha \odot v'.
+
+The state is :math:`h = (w_1..w_n, v_1..v_n)` and the "parameters" of this RNN
+are the hyperparameters :math:`(\alpha, \beta)`. The user's ``nn.Module`` is run
+through :func:`torch.func.functional_call`; its buffers (e.g. BatchNorm running
+statistics) are held fixed at their values when the problem is built.
+
+:class:`InnerProblem` is shared by the tuner, the Optuna objective, ``check-grad``
+and the benchmarks, so every method trains exactly the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from hypergrad._tree import Tree
+from hypergrad.hyperparams import HyperSpec
+
+__all__ = ["InnerProblem", "batch_indices"]
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def batch_indices(n: int, batch_size: int, num_steps: int, generator: torch.Generator) -> Tensor:
+    """``(num_steps, batch_size)`` indices: consecutive shuffled epochs over ``n`` examples."""
+    per_epoch = max(n // batch_size, 1)
+    epochs = -(-num_steps // per_epoch)
+    rows = []
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=generator)
+        usable = per_epoch * batch_size if n >= batch_size else n
+        perm = perm[:usable] if n >= batch_size else perm.repeat(-(-batch_size // n))[:batch_size]
+        rows.append(perm.view(-1, batch_size))
+    return torch.cat(rows)[:num_steps]
+
+
+@dataclass
+class InnerProblem:
+    """A model, a loss and data, seen as the recurrent map of SGD with momentum.
+
+    Args:
+        model: the user's module. Its current trainable parameters are the
+            starting weights :math:`w_0` of every inner run (a snapshot is taken).
+        loss_fn: ``loss_fn(outputs, targets) -> scalar`` (e.g. ``F.cross_entropy``).
+        x_train, y_train: training inputs and targets.
+        x_val, y_val: validation inputs and targets (the default meta loss).
+        batch_size: inner minibatch size.
+        per: hyperparameter granularity (see :mod:`hypergrad.hyperparams`).
+    """
+
+    model: nn.Module
+    loss_fn: LossFn
+    x_train: Tensor
+    y_train: Tensor
+    x_val: Tensor
+    y_val: Tensor
+    batch_size: int = 100
+    per: str = "tensor"
+    spec: HyperSpec = field(init=False)
+    w0: tuple[Tensor, ...] = field(init=False)
+    buffers: dict[str, Tensor] = field(init=False)
+
+    def __post_init__(self) -> None:
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.spec = HyperSpec.build([(n, p.shape) for n, p in named], self.per)
+        self.w0 = tuple(p.detach().clone() for _, p in named)
+        self.buffers = {n: b.detach() for n, b in self.model.named_buffers()}
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        for name, x, y in (("train", self.x_train, self.y_train), ("val", self.x_val, self.y_val)):
+            if len(x) != len(y):
+                raise ValueError(f"x_{name} has {len(x)} rows but y_{name} has {len(y)}")
+            if len(x) == 0:
+                raise ValueError(f"the {name} set is empty")
+
+    # ------------------------------------------------------------------ the model
+    @property
+    def num_tensors(self) -> int:
+        return len(self.w0)
+
+    def forward(self, weights: Sequence[Tensor], x: Tensor) -> Tensor:
+        """The model's output with ``weights`` substituted for its parameters."""
+        params = dict(zip(self.spec.param_names, weights))
+        params.update(self.buffers)
+        return functional_call(self.model, params, (x,))
+
+    def loss(self, weights: Sequence[Tensor], x: Tensor, y: Tensor) -> Tensor:
+        return self.loss_fn(self.forward(weights, x), y)
+
+    def initial_state(self) -> Tree:
+        """:math:`h_0 = (w_0, 0)`."""
+        return tuple(w.clone() for w in self.w0) + tuple(torch.zeros_like(w) for w in self.w0)
+
+    # ------------------------------------------------------------------ the map F
+    def step(self, state: Tree, hparams: Tree, x: Tensor, y: Tensor) -> Tree:
+        r"""One inner step :math:`h' = F(h, (\alpha, \beta); B)`, differentiable in state and hparams.
+
+        Under ``torch.no_grad`` it keeps no graph; with grad mode on it builds the
+        graph through :math:`\nabla_w L` (``create_graph``), as BPTT and RBP need.
+        """
+        n = self.num_tensors
+        w, v = state[:n], state[n:]
+        build_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            w_in = tuple(t if (build_graph and t.requires_grad) else t.detach().requires_grad_(True) for t in w)
+            loss = self.loss(w_in, x, y)
+            grads = torch.autograd.grad(loss, w_in, create_graph=build_graph)
+        lrs, moms = self.spec.per_tensor(hparams)
+        if build_graph:
+            v_new = tuple(b * vi - (1 - b) * g for b, vi, g in zip(moms, v, grads))
+            w_new = tuple(wi + a * vn for wi, a, vn in zip(w, lrs, v_new))
+        else:
+            v_new = torch._foreach_mul(v, moms)
+            torch._foreach_add_(v_new, torch._foreach_mul(grads, [-(1 - b) for b in moms]))
+            w_new = torch._foreach_add(w, torch._foreach_mul(v_new, lrs))
+        return tuple(w_new) + tuple(v_new)
+
+    def train(
+        self,
+        hparams: Tree,
+        batches: Tensor,
+        *,
+        state: Tree | None = None,
+        on_step: Callable[[int, Tree], None] | None = None,
+    ) -> Tree:
+        """Run the inner loop over ``batches`` (rows of indices) without a graph.
+
+        The hot path: in-place foreach updates on a private copy of the state,
+        with the learning rates and momenta fixed for the run.
+        """
+        n = self.num_tensors
+        h = self.initial_state() if state is None else tuple(t.detach().clone() for t in state)
+        w, v = list(h[:n]), list(h[n:])
+        with torch.no_grad():
+            lrs, moms = self.spec.per_tensor([p.detach() for p in hparams])
+            if lrs[0].dim() == 0:
+                lrs_s: list = [float(a) for a in lrs]
+                moms_s: list = [float(b) for b in moms]
+                neg_damp: list = [-(1.0 - b) for b in moms_s]
+            else:
+                lrs_s, moms_s, neg_damp = lrs, moms, [-(1.0 - b) for b in moms]
+            for t, idx in enumerate(batches):
+                x, y = self.x_train[idx], self.y_train[idx]
+                with torch.enable_grad():
+                    w_in = [wi.requires_grad_(True) for wi in w]
+                    loss = self.loss(w_in, x, y)
+                    grads = torch.autograd.grad(loss, w_in)
+                for wi in w:
+                    wi.requires_grad_(False)
+                torch._foreach_mul_(v, moms_s)
+                torch._foreach_add_(v, torch._foreach_mul(grads, neg_damp))
+                torch._foreach_add_(w, torch._foreach_mul(v, lrs_s))
+                if on_step is not None:
+                    on_step(t, tuple(w) + tuple(v))
+        return tuple(w) + tuple(v)
+
+    # ------------------------------------------------------------------ losses
+    def eval_loss(self, weights: Sequence[Tensor], split: str = "val", chunk: int = 4096) -> Tensor:
+        """Mean loss over a whole split (``"val"`` or ``"train"``), differentiable in ``weights``."""
+        x, y = (self.x_val, self.y_val) if split == "val" else (self.x_train, self.y_train)
+        total = None
+        for i in range(0, len(x), chunk):
+            part = self.loss(weights, x[i : i + chunk], y[i : i + chunk]) * len(x[i : i + chunk])
+            total = part if total is None else total + part
+        assert total is not None  # non-empty sets are validated in __post_init__
+        return total / len(x)
+
+    def accuracy(self, weights: Sequence[Tensor], x: Tensor, y: Tensor) -> float:
+        with torch.no_grad():
+            pred = self.forward(weights, x).argmax(dim=-1)
+        return float((pred == y).float().mean())

@@ -1,0 +1,46 @@
+"""The built-in workloads of the CLI: data sets and the paper's tanh MLP."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hypergrad.config import RunConfig
+from hypergrad.data import Split, default_data_root, load_digits_split, load_mnist_split
+from hypergrad.inner import InnerProblem
+from hypergrad.tuner import TuneConfig
+
+__all__ = ["build_problem", "load_split", "mlp"]
+
+
+def mlp(n_in: int, hidden: Sequence[int], n_out: int) -> nn.Sequential:
+    """The paper's fully connected tanh network (§5.3: 784-50-50-50-10)."""
+    layers: list[nn.Module] = []
+    sizes = [n_in, *hidden]
+    for a, b in itertools.pairwise(sizes):
+        layers += [nn.Linear(a, b), nn.Tanh()]
+    layers.append(nn.Linear(sizes[-1], n_out))
+    return nn.Sequential(*layers)
+
+
+def load_split(run: RunConfig, seed: int) -> Split:
+    if run.dataset == "digits":
+        return load_digits_split(seed=seed)
+    root = run.data_root if run.data_root is not None else default_data_root("mnist")
+    return load_mnist_split(root, n_train=run.n_train or 10_000, seed=seed)
+
+
+def build_problem(run: RunConfig, cfg: TuneConfig, split: Split | None = None) -> tuple[InnerProblem, Split]:
+    """The inner problem of a CLI run; the model is initialised from ``cfg.seed``."""
+    split = split if split is not None else load_split(run, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = mlp(split.num_features, run.hidden, split.num_classes)
+    problem = InnerProblem(
+        model, F.cross_entropy, split.x_train, split.y_train, split.x_val, split.y_val,
+        batch_size=cfg.batch_size, per=cfg.per,
+    )
+    return problem, split
