@@ -1,0 +1,168 @@
+"""Peak memory and time per epoch of each gradient method, each in a fresh process.
+
+The driver starts one probe process per (method, steps). A probe loads the data, builds the
+model, then resets the kernel's peak-RSS counter (``5 > /proc/self/clear_refs``), runs one
+training epoch and reads ``VmHWM`` from ``/proc/self/status``: the peak minus the RSS at the
+reset is the memory the gradient computation needed. Probes run with
+``MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=0`` so that freed tensors leave the
+RSS. The probe also counts the bytes autograd saved for the backward pass
+(``torch.autograd.graph.saved_tensors_hooks``), a deterministic measure of the graph kept,
+and times a few more epochs.
+
+    python -m recipes.gnn_citation.bench --dataset cora --out runs/gnn/bench_cora.json
+    python -m recipes.gnn_citation.bench --dataset cora --methods bptt,neumann_rbp --steps 25,50,100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from recipes.gnn_citation import config as C
+from recipes.gnn_citation.train import GNN_METHODS, LABELS, gnn_gradients
+
+_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "OMP_NUM_THREADS": "1"}
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class SavedBytes:
+    """Counts the bytes of the tensors autograd saves for backward inside the context."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self._seen: set[int] = set()
+
+    def __enter__(self) -> SavedBytes:
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            if t.layout == torch.strided:
+                key = t.untyped_storage().data_ptr()
+                if key not in self._seen:  # count each storage once (views share it)
+                    self._seen.add(key)
+                    self.bytes += t.untyped_storage().nbytes()
+            return t
+
+        self._ctx = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._ctx.__exit__(*exc)
+
+
+def probe(dataset: str, method: str, steps: int, truncate: int, epochs: int, data_root: str | None) -> dict:
+    """Run in a fresh process: set up, reset the peak, one epoch, read the peak, time more epochs."""
+    torch.set_num_threads(1)
+    from hypergrad.data import default_data_root
+    from hypergrad.data.planetoid import load_planetoid, planetoid_random_split
+    from recipes.gnn_citation.model import init_params, make_step, pca_features, sparse_adjacency
+
+    graph = load_planetoid(data_root or default_data_root("planetoid"), dataset)
+    x = pca_features(graph.features, C.HIDDEN[dataset], seed=C.PCA_SEED)
+    step = make_step(sparse_adjacency(graph))
+    train_idx, _, _ = planetoid_random_split(graph, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    params = init_params(x.shape[1], graph.num_classes, generator=gen)
+    opt = torch.optim.SGD(params.all(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+
+    def epoch(counter: SavedBytes | None = None) -> None:
+        if counter is None:
+            g_gru, g_out, *_ = gnn_gradients(method, step, x, params, graph.labels, train_idx,
+                                             num_steps=steps, truncate=truncate, generator=gen)
+        else:
+            with counter:
+                g_gru, g_out, *_ = gnn_gradients(method, step, x, params, graph.labels, train_idx,
+                                                 num_steps=steps, truncate=truncate, generator=gen)
+        for p, g in zip(params.all(), (*g_gru, *g_out)):
+            p.grad = g
+        opt.step()
+
+    reset_ok = _reset_peak()
+    base = _status_kib("VmRSS")
+    epoch()
+    peak = _status_kib("VmHWM")
+    counter = SavedBytes()
+    epoch(counter)
+    times = []
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        epoch()
+        times.append(time.perf_counter() - t0)
+    return {
+        "dataset": dataset, "method": method, "steps": steps, "truncate": truncate,
+        "peak_extra_mib": (peak - base) / 1024, "rss_at_reset_mib": base / 1024, "reset_ok": reset_ok,
+        "autograd_saved_mib": counter.bytes / 2**20,
+        "epoch_seconds_median": statistics.median(times), "epoch_seconds": times,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m recipes.gnn_citation.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", choices=C.DATASETS, default="cora")
+    p.add_argument("--methods", default=",".join(GNN_METHODS))
+    p.add_argument("--steps", default=str(C.NUM_STEPS), help="comma list of propagation step counts")
+    p.add_argument("--truncate", type=int, default=C.TRUNCATE)
+    p.add_argument("--epochs", type=int, default=3, help="timed epochs per probe")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",")]
+    bad = [m for m in methods if m not in GNN_METHODS]
+    if bad:
+        p.error(f"unknown method(s) {bad}; choose from {', '.join(GNN_METHODS)}")
+    steps_list = [int(s) for s in args.steps.split(",")]
+    if args.probe:
+        print(json.dumps(probe(args.dataset, methods[0], steps_list[0], args.truncate, args.epochs,
+                               args.data_root)))
+        return 0
+    rows = []
+    env = {**os.environ, **_ENV}
+    for steps in steps_list:
+        for method in methods:
+            cmd = [sys.executable, "-m", "recipes.gnn_citation.bench", "--probe", "--dataset", args.dataset,
+                   "--methods", method, "--steps", str(steps), "--truncate", str(args.truncate),
+                   "--epochs", str(args.epochs)]
+            if args.data_root:
+                cmd += ["--data-root", args.data_root]
+            res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+            if res.returncode != 0:
+                print(res.stderr, file=sys.stderr)
+                return res.returncode
+            row = json.loads(res.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            print(f"{args.dataset} T={steps:3d} {LABELS[method]:12s} peak +{row['peak_extra_mib']:8.1f} MiB  "
+                  f"autograd saved {row['autograd_saved_mib']:8.1f} MiB  "
+                  f"{row['epoch_seconds_median']:.3f} s/epoch", flush=True)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"command": "python -m recipes.gnn_citation.bench "
+                                        + " ".join(sys.argv[1:]), "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

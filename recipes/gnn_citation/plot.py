@@ -1,0 +1,95 @@
+"""Fig. 3 analogues and the Table 1 analogue from the JSON written by ``run.py --out``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from recipes.gnn_citation.train import GNN_METHODS, LABELS, METHODS
+
+__all__ = ["load_records", "markdown_table", "mean_curve", "plot_records"]
+
+
+def load_records(paths: list[Path]) -> list[dict]:
+    records = []
+    for path in paths:
+        rec = json.loads(Path(path).read_text())
+        if "results" not in rec or "dataset" not in rec:
+            raise ValueError(f"{path} is not a results file of recipes.gnn_citation.run")
+        records.append(rec)
+    return records
+
+
+def mean_curve(curves: list[list[float]]) -> np.ndarray:
+    """Mean over runs at each index; a run that stopped early holds its last value."""
+    if not curves or not any(curves):
+        return np.zeros(0)
+    n = max(len(c) for c in curves)
+    padded = np.array([list(c) + [c[-1]] * (n - len(c)) for c in curves if c], dtype=float)
+    return padded.mean(axis=0)
+
+
+def plot_records(records: list[dict], figdir: Path) -> list[Path]:
+    """One PNG per data set: (a) training loss, (b) validation accuracy per epoch,
+    (c) ``||h_t - h_{t-1}||`` per propagation step at the last epoch (mean over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figdir = Path(figdir)
+    figdir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for rec in records:
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+        for method in METHODS:
+            runs = rec["results"].get(method, [])
+            if not runs:
+                continue
+            style = "--" if method == "baseline" else "-"
+            loss = mean_curve([r["train_loss"] for r in runs])
+            axes[0].plot(np.arange(len(loss)), loss, style, label=LABELS[method])
+            val = mean_curve([r["val_acc"] for r in runs])
+            axes[1].plot(np.arange(len(val)), val, style, label=LABELS[method])
+            if method in GNN_METHODS:
+                diff = mean_curve([r["diff_norm_last"] for r in runs])
+                axes[2].semilogy(np.arange(1, len(diff) + 1), diff, label=LABELS[method])
+        n_seeds = len(rec["seeds"])
+        axes[0].set(xlabel="epoch", ylabel="training loss", title=f"(a) {rec['dataset']}: training loss")
+        axes[1].set(xlabel="epoch", ylabel="validation accuracy (%)", title="(b) validation accuracy")
+        axes[2].set(xlabel="propagation step t", ylabel=r"$\|h_t - h_{t-1}\|$",
+                    title="(c) difference norm, last epoch")
+        for ax in axes:
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.suptitle(f"GRU-GNN on {rec['dataset']}: mean over {n_seeds} seed(s)")
+        fig.tight_layout()
+        path = figdir / f"gnn_{rec['dataset']}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _fmt(mean: float, std: float) -> str:
+    return "n/a" if not math.isfinite(mean) else f"{mean:.2f} ± {std:.2f}"
+
+
+def markdown_table(records: list[dict]) -> str:
+    """Table 1 analogue: ours (mean ± std over seeds) beside the paper's numbers."""
+    datasets = [r["dataset"] for r in records]
+    head = "| Test acc. (%) | " + " | ".join(f"{d} (ours) | {d} (paper)" for d in datasets) + " |"
+    sep = "|---|" + "---|---|" * len(datasets)
+    lines = [head, sep]
+    for method in METHODS:
+        cells = []
+        for rec in records:
+            s = rec.get("summary", {}).get(method)
+            ours = _fmt(s["mean"], s["std"]) + f" (n={s['n']})" if s else "—"
+            paper = rec["paper"].get(method)
+            cells += [ours, f"{paper[0]:.2f} ± {paper[1]:.1f}" if paper else "—"]
+        lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,239 @@
+"""Training one GNN (or the logistic-regression baseline) with one gradient method.
+
+The gradient of the training loss w.r.t. the GRU weights comes from hypergrad's core:
+
+* ``bptt`` / ``tbptt``: :func:`hypergrad.unrolled_grad` through all ``T`` steps / the last
+  ``truncate`` steps;
+* ``rbp`` / ``cg_rbp`` / ``neumann_rbp``: ``T`` steps without a graph
+  (:func:`hypergrad.unroll`), then ``dL/dh_T`` from the output layer and the loss, then
+  :func:`hypergrad.fixed_point_grad` with ``max_iter=truncate`` (Algorithm 1, CG on the
+  normal equations, Algorithm 2). Only the one-step graph at ``h_T`` is built.
+
+The output layer's gradient is ordinary back-propagation in every case. The map is the
+same function (:func:`~recipes.gnn_citation.model.make_step`) for all methods.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+import hypergrad
+from recipes.gnn_citation.model import GNNParams, Step, init_params, readout
+
+__all__ = ["GNN_METHODS", "METHODS", "RunResult", "TrainConfig", "gnn_gradients", "train_run"]
+
+GNN_METHODS = ("bptt", "tbptt", "rbp", "cg_rbp", "neumann_rbp")
+METHODS = ("baseline", *GNN_METHODS)
+_SOLVER = {"rbp": "rbp", "cg_rbp": "cg", "neumann_rbp": "neumann"}
+LABELS = {
+    "baseline": "Baseline",
+    "bptt": "BPTT",
+    "tbptt": "TBPTT",
+    "rbp": "RBP",
+    "cg_rbp": "CG-RBP",
+    "neumann_rbp": "Neumann-RBP",
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One run's settings; the defaults are the paper's (§5.2 and its cora.yaml)."""
+
+    num_steps: int = 100
+    truncate: int = 5
+    epochs: int = 2000
+    patience: int | None = None  # stop after this many epochs without a better validation accuracy
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+    def __post_init__(self) -> None:
+        if self.num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+        if not 1 <= self.truncate <= self.num_steps:
+            raise ValueError(f"truncate must be in 1..num_steps ({self.num_steps}), got {self.truncate}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be None or >= 1, got {self.patience}")
+        if not (self.lr > 0 and 0 <= self.momentum < 1 and self.weight_decay >= 0):
+            raise ValueError(
+                f"need lr > 0, 0 <= momentum < 1, weight_decay >= 0; got {self.lr}, {self.momentum}, "
+                f"{self.weight_decay}"
+            )
+
+
+@dataclass
+class RunResult:
+    """What one (method, seed) run produced. Accuracies in percent; epoch ``e`` is the model
+    before the ``e``-th update (so epoch 0 is the initial model)."""
+
+    method: str
+    seed: int
+    train_loss: list[float] = field(default_factory=list)
+    val_acc: list[float] = field(default_factory=list)
+    best_epoch: int = -1
+    best_val_acc: float = -1.0
+    test_acc: float = float("nan")
+    diff_norm_first: list[float] = field(default_factory=list)
+    diff_norm_best: list[float] = field(default_factory=list)
+    diff_norm_last: list[float] = field(default_factory=list)
+    epochs_run: int = 0
+    seconds: float = 0.0
+    solver_residual_last: float = float("nan")
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _traced(step: Step, sink: list[float]) -> Step:
+    """``step`` that also records ``||h_{t+1} - h_t||`` (Fig. 3 c, f) without entering the graph."""
+
+    def traced(state: tuple[Tensor, ...], params: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        new = step(state, params)
+        with torch.no_grad():
+            sink.append(float(torch.linalg.vector_norm(new[0] - state[0])))
+        return new
+
+    return traced
+
+
+def _cross_entropy(logits: Tensor, labels: Tensor, idx: Tensor) -> Tensor:
+    return F.cross_entropy(logits[idx], labels[idx])
+
+
+def gnn_gradients(
+    method: str,
+    step: Step,
+    h0: Tensor,
+    params: GNNParams,
+    labels: Tensor,
+    train_idx: Tensor,
+    *,
+    num_steps: int,
+    truncate: int,
+    diff_sink: list[float] | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], Tensor, Tensor, hypergrad.SolveInfo | None]:
+    """Gradients of the training loss by ``method``.
+
+    Returns ``(grads_gru, grads_out, loss, logits, info)``: the GRU and output-layer
+    gradients, the (detached) loss and logits of all nodes at ``h_T``, and the solver's
+    :class:`~hypergrad.SolveInfo` for the RBP methods (``None`` otherwise).
+    """
+    if method not in GNN_METHODS:
+        raise ValueError(f"unknown GNN method {method!r}; expected one of {', '.join(GNN_METHODS)}")
+    forward_step = _traced(step, diff_sink) if diff_sink is not None else step
+    out = tuple(p.detach().requires_grad_(True) for p in params.out)
+    gru = tuple(p.detach() for p in params.gru)
+
+    if method in ("bptt", "tbptt"):
+
+        def loss_fn(state: tuple[Tensor, ...]) -> tuple[Tensor, tuple]:
+            logits = readout(state[0], out)
+            loss = _cross_entropy(logits, labels, train_idx)
+            g_out = torch.autograd.grad(loss, out, retain_graph=True)  # ordinary backprop
+            return loss, (g_out, loss.detach(), logits.detach())
+
+        trunc = None if method == "bptt" else truncate
+        g_gru, (g_out, loss, logits) = hypergrad.unrolled_grad(
+            forward_step, (h0,), gru, num_steps, loss_fn, truncate=trunc, has_aux=True
+        )
+        return tuple(g_gru), tuple(g_out), loss, logits, None
+
+    # RBP family: forward without a graph, then dL/dh_T, then Eq. (8)-(9) on the one-step graph.
+    h_final = hypergrad.unroll(forward_step, (h0,), gru, num_steps)[0]
+    h_star = h_final.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = readout(h_star, out)
+        loss = _cross_entropy(logits, labels, train_idx)
+        g_h, *g_out = torch.autograd.grad(loss, (h_star, *out))
+    kwargs = {"init": "uniform", "generator": generator} if method == "rbp" else {}
+    g_gru, info = hypergrad.fixed_point_grad(
+        step, (h_final,), gru, (g_h,), method=_SOLVER[method], max_iter=truncate, **kwargs
+    )
+    return tuple(g_gru), tuple(g_out), loss.detach(), logits.detach(), info
+
+
+def _accuracy(logits: Tensor, labels: Tensor, idx: Tensor) -> float:
+    return 100.0 * float((logits[idx].argmax(1) == labels[idx]).float().mean())
+
+
+def train_run(
+    method: str,
+    step: Step,
+    features: Tensor,
+    labels: Tensor,
+    split: tuple[Tensor, Tensor, Tensor],
+    num_classes: int,
+    *,
+    seed: int,
+    config: TrainConfig,
+    on_epoch: Callable[[int, float, float], None] | None = None,
+) -> RunResult:
+    """Train with SGD (momentum, weight decay) and keep the best-validation model's test accuracy.
+
+    Every epoch computes ``h_T`` for the current weights once; the logits at ``h_T`` give the
+    training loss, the validation accuracy and the test accuracy of that model, so
+    evaluation costs no extra propagation. ``on_epoch(epoch, loss, val_acc)`` is called
+    after each epoch (e.g. to advance a progress bar).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    train_idx, val_idx, test_idx = split
+    gen = torch.Generator().manual_seed(seed)
+    hidden = features.shape[1]
+    params = init_params(hidden, num_classes, generator=gen)
+    leaves = params.out if method == "baseline" else params.all()
+    opt = torch.optim.SGD(leaves, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    result = RunResult(method=method, seed=seed)
+    since_best = 0
+    t0 = time.perf_counter()
+    for epoch in range(config.epochs):
+        sink: list[float] | None = None if method == "baseline" else []
+        if method == "baseline":  # logistic regression on the node features
+            out = tuple(p.detach().requires_grad_(True) for p in params.out)
+            with torch.enable_grad():
+                logits = readout(features, out)
+                loss = _cross_entropy(logits, labels, train_idx)
+                g_out = torch.autograd.grad(loss, out)
+            grads, loss, logits = g_out, loss.detach(), logits.detach()
+        else:
+            g_gru, g_out, loss, logits, info = gnn_gradients(
+                method, step, features, params, labels, train_idx,
+                num_steps=config.num_steps, truncate=config.truncate, diff_sink=sink, generator=gen,
+            )
+            grads = (*g_gru, *g_out)
+            if info is not None:
+                result.solver_residual_last = float(info.residual)
+        val = _accuracy(logits, labels, val_idx)
+        result.train_loss.append(float(loss))
+        result.val_acc.append(val)
+        if sink is not None:
+            if epoch == 0:
+                result.diff_norm_first = sink
+            result.diff_norm_last = sink
+        if val > result.best_val_acc:
+            result.best_val_acc, result.best_epoch = val, epoch
+            result.test_acc = _accuracy(logits, labels, test_idx)
+            if sink is not None:
+                result.diff_norm_best = sink
+            since_best = 0
+        else:
+            since_best += 1
+        result.epochs_run = epoch + 1
+        if on_epoch is not None:
+            on_epoch(epoch, float(loss), val)
+        if not torch.isfinite(loss) or (config.patience is not None and since_best >= config.patience):
+            break
+        for p, g in zip(leaves, grads):
+            p.grad = g
+        opt.step()
+    result.seconds = time.perf_counter() - t0
+    return result

@@ -1,0 +1,209 @@
+"""The GNN recipe (§5.2): the map, the five gradient methods, memory, the CLI's --quick schema."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from hypergrad.data import default_data_root
+from hypergrad.data.planetoid import PlanetoidGraph
+from recipes.gnn_citation.bench import SavedBytes
+from recipes.gnn_citation.model import (
+    GNNParams,
+    SymmetricSpMM,
+    gru_cell,
+    init_params,
+    make_step,
+    readout,
+    sparse_adjacency,
+)
+from recipes.gnn_citation.train import GNN_METHODS, TrainConfig, gnn_gradients, train_run
+
+ROOT = default_data_root("planetoid")
+
+
+def _toy_graph(n: int = 12, seed: int = 0) -> PlanetoidGraph:
+    g = torch.Generator().manual_seed(seed)
+    ring = torch.stack([torch.arange(n), (torch.arange(n) + 1) % n])
+    extra = torch.randint(0, n, (2, n), generator=g)
+    extra = extra[:, extra[0] != extra[1]]
+    ei = torch.unique(torch.cat([ring, ring.flip(0), extra, extra.flip(0)], 1), dim=1)
+    labels = torch.arange(n) % 3
+    return PlanetoidGraph("toy", torch.zeros(n, 1), labels, ei, 3, torch.arange(4), torch.arange(4, 8),
+                          torch.arange(8, n))
+
+
+def _params64(hidden: int, scale: float, seed: int = 0) -> GNNParams:
+    p = init_params(hidden, 3, generator=torch.Generator().manual_seed(seed))
+    gru = tuple((t.detach() * scale).double() for t in p.gru)
+    return GNNParams(gru=gru, out=tuple(t.detach().double() for t in p.out))
+
+
+def test_gru_cell_matches_torch_gru_cell():
+    torch.manual_seed(0)
+    cell = torch.nn.GRUCell(5, 5)
+    x, h = torch.randn(7, 5), torch.randn(7, 5)
+    ours = gru_cell(x, h, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
+    torch.testing.assert_close(ours, cell(x, h))
+
+
+def test_symmetric_spmm_is_twice_differentiable():
+    graph = _toy_graph()
+    adj = sparse_adjacency(graph).to(torch.float64)
+    dense = adj.to_dense()
+    assert torch.equal(dense, dense.t())
+    h = torch.randn(graph.num_nodes, 3, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(SymmetricSpMM.apply(h, adj), dense @ h)
+    fn = lambda x: torch.tanh(SymmetricSpMM.apply(x, adj)) ** 2  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (h,))
+    assert torch.autograd.gradgradcheck(fn, (h,))
+
+
+def _reference_loss(graph, h0, params, steps):
+    adj = graph.adjacency(torch.float64).to_dense()
+    h = h0
+    for _ in range(steps):
+        h = gru_cell(adj @ h, h, *params.gru)
+    return torch.nn.functional.cross_entropy(readout(h, params.out)[graph.train_idx], graph.labels[graph.train_idx])
+
+
+def _setup(scale=1.0, hidden=4, steps_seed=0):
+    graph = _toy_graph()
+    step = make_step(sparse_adjacency(graph).to(torch.float64))
+    h0 = torch.randn(graph.num_nodes, hidden, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    return graph, step, h0, _params64(hidden, scale, steps_seed)
+
+
+def test_bptt_matches_autograd_through_a_plain_loop():
+    graph, step, h0, params = _setup()
+    g_gru, g_out, loss, logits, info = gnn_gradients(
+        "bptt", step, h0, params, graph.labels, graph.train_idx, num_steps=6, truncate=6
+    )
+    leaves = tuple(p.clone().requires_grad_(True) for p in params.all())
+    ref_loss = _reference_loss(graph, h0, GNNParams(leaves[:4], leaves[4:]), 6)
+    ref = torch.autograd.grad(ref_loss, leaves)
+    torch.testing.assert_close(loss, ref_loss.detach())
+    for ours, want in zip((*g_gru, *g_out), ref):
+        torch.testing.assert_close(ours, want)
+    assert info is None and logits.shape == (graph.num_nodes, 3)
+
+
+def test_tbptt_with_full_truncation_is_bptt():
+    graph, step, h0, params = _setup()
+    a = gnn_gradients("bptt", step, h0, params, graph.labels, graph.train_idx, num_steps=5, truncate=5)
+    b = gnn_gradients("tbptt", step, h0, params, graph.labels, graph.train_idx, num_steps=5, truncate=5)
+    for x, y in zip((*a[0], *a[1]), (*b[0], *b[1])):
+        torch.testing.assert_close(x, y)
+
+
+def test_rbp_family_at_a_fixed_point():
+    """With a contractive GRU (small weights) h_T is a fixed point. Then TBPTT(K) equals
+    Neumann-RBP(K-1) (Prop. 2), and RBP / CG-RBP / Neumann-RBP with many iterations all
+    approach the implicit gradient, which BPTT over many steps also approaches."""
+    graph, step, h0, params = _setup(scale=0.1)
+    kw = dict(labels=graph.labels, train_idx=graph.train_idx, num_steps=150)
+    tb = gnn_gradients("tbptt", step, h0, params, truncate=4, **kw)
+    ne = gnn_gradients("neumann_rbp", step, h0, params, truncate=3, **kw)
+    for x, y in zip((*tb[0], *tb[1]), (*ne[0], *ne[1])):
+        torch.testing.assert_close(x, y, rtol=1e-7, atol=1e-10)
+    assert ne[4] is not None and ne[4].method == "neumann"
+    full = gnn_gradients("bptt", step, h0, params, truncate=150, **kw)
+    gen = torch.Generator().manual_seed(0)
+    for method in ("rbp", "cg_rbp", "neumann_rbp"):
+        got = gnn_gradients(method, step, h0, params, truncate=60, generator=gen, **kw)
+        for x, y in zip(got[0], full[0]):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-8)
+        for x, y in zip(got[1], full[1]):  # the output layer: ordinary backprop, identical
+            torch.testing.assert_close(x, y)
+
+
+def test_rbp_methods_keep_no_propagation_graph():
+    """Autograd saves O(T) tensors for BPTT but a T-independent amount for the RBP family."""
+    graph, step, h0, params = _setup(hidden=8)
+    saved = {}
+    for method in GNN_METHODS:
+        for steps in (10, 40):
+            with SavedBytes() as counter:
+                gnn_gradients(method, step, h0, params, graph.labels, graph.train_idx,
+                              num_steps=steps, truncate=3, generator=torch.Generator().manual_seed(0))
+            saved[method, steps] = counter.bytes
+    assert saved["bptt", 40] > 3.5 * saved["bptt", 10]
+    for method in ("tbptt", "rbp", "cg_rbp", "neumann_rbp"):
+        assert saved[method, 40] == saved[method, 10] > 0
+        assert saved[method, 40] < saved["bptt", 40] / 4
+
+
+def test_train_run_records_curves_and_stops_early():
+    graph = _toy_graph(n=30)
+    x = torch.randn(30, 4, generator=torch.Generator().manual_seed(0))
+    step = make_step(sparse_adjacency(graph))
+    split = (graph.train_idx, graph.val_idx, graph.test_idx)
+    cfg = TrainConfig(num_steps=8, truncate=2, epochs=40, patience=3, lr=1e-6)
+    res = train_run("neumann_rbp", step, x, graph.labels, split, 3, seed=0, config=cfg)
+    assert res.epochs_run < 40  # lr 1e-6: validation accuracy cannot improve for long
+    assert res.epochs_run == len(res.train_loss) == len(res.val_acc)
+    assert res.best_epoch == max(range(len(res.val_acc)), key=lambda e: (res.val_acc[e], -e))
+    assert len(res.diff_norm_last) == 8 and all(d >= 0 for d in res.diff_norm_last)
+    assert 0.0 <= res.test_acc <= 100.0 and math.isfinite(res.solver_residual_last)
+    base = train_run("baseline", step, x, graph.labels, split, 3, seed=0,
+                     config=TrainConfig(epochs=20, lr=0.5, momentum=0.0, weight_decay=0.0))
+    assert base.train_loss[-1] < base.train_loss[0] and base.diff_norm_last == []
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_steps=0), "num_steps"),
+        (dict(num_steps=5, truncate=6), "truncate"),
+        (dict(epochs=0), "epochs"),
+        (dict(patience=0), "patience"),
+        (dict(lr=-1.0), "lr"),
+    ],
+)
+def test_train_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kwargs)
+
+
+def test_unknown_method_is_rejected():
+    graph, step, h0, params = _setup()
+    with pytest.raises(ValueError, match="unknown GNN method"):
+        gnn_gradients("adjoint", step, h0, params, graph.labels, graph.train_idx, num_steps=2, truncate=1)
+
+
+@pytest.mark.skipif(not (ROOT / "ind.cora.graph").is_file(), reason=f"raw Planetoid Cora files not under {ROOT}")
+def test_quick_mode_writes_the_documented_schema(tmp_path):
+    from recipes.gnn_citation.run import main
+
+    out = tmp_path / "quick.json"
+    rc = main(["--quick", "--dataset", "cora", "--out", str(out), "--figdir", str(tmp_path), "--no-progress"])
+    assert rc == 0
+    rec = json.loads(out.read_text())
+    assert rec["dataset"] == "cora" and rec["num_classes"] == 7 and rec["hidden"] == 64
+    assert rec["split_sizes"] == [27, 1326, 1355]
+    assert set(rec["results"]) == {"baseline", *GNN_METHODS} == set(rec["summary"])
+    for method, runs in rec["results"].items():
+        assert len(runs) == 1
+        r = runs[0]
+        assert r["epochs_run"] == len(r["train_loss"]) == len(r["val_acc"]) == 3
+        assert 0.0 <= r["test_acc"] <= 100.0 and 0 <= r["best_epoch"] < 3
+        assert len(r["diff_norm_last"]) == (0 if method == "baseline" else 10)
+        assert rec["summary"][method]["n"] == 1
+    assert (tmp_path / "gnn_cora.png").stat().st_size > 0
+    # re-plot from the JSON
+    (tmp_path / "gnn_cora.png").unlink()
+    assert main(["--replot", str(out), "--figdir", str(tmp_path)]) == 0
+    assert (tmp_path / "gnn_cora.png").is_file()
+
+
+def test_cli_rejects_bad_arguments(capsys):
+    from recipes.gnn_citation.run import main
+
+    with pytest.raises(SystemExit):
+        main(["--methods", "bptt,adjoint"])
+    with pytest.raises(SystemExit):
+        main(["--truncate", "7", "--steps", "5"])
+    assert "truncate" in capsys.readouterr().err
