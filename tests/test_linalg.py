@@ -297,6 +297,20 @@ def test_stop_on_growth() -> None:
     assert i1.stop_reason == "max_iter" and rel_err(x1, x2) == 0.0
 
 
+def test_non_normal_transient_is_reported_honestly() -> None:
+    """rho(M) = 0.5 but ||M|| = 10: the residual first jumps above 1. A short run is not
+    converged (residual ~10, reported honestly); diverged stays False because the residual is
+    already decreasing, not growing. A long run converges."""
+    mat = torch.tensor([[0.5, 10.0], [0.0, 0.5]], dtype=DT)
+    b = (torch.tensor([0.0, 1.0], dtype=DT),)
+    x1, short = run("neumann", mat, b, max_iter=1)
+    assert not short.converged and not short.diverged
+    assert short.residual == pytest.approx(true_residual(mat, x1, b), rel=1e-12) and short.residual > 1
+    x, long = run("neumann", mat, b, max_iter=200, tol=1e-14)
+    assert long.converged and not long.diverged
+    assert rel_err(x, dense_solution(mat, b)) <= 1e-12
+
+
 def test_singular_system_is_not_converged() -> None:
     """M = I: I - M = 0. No solver may claim convergence."""
     eye = torch.eye(N, dtype=DT)
