@@ -279,6 +279,7 @@ def test_quick_run_writes_curves_and_success_rates(quick_results: tuple[dict, Pa
         assert all(v is not None and v > 0 for v in rec["train_loss"])
         assert rec["val_step"] == [0, 2]
         assert len(rec["val_loss"]) == 2
+        assert len(rec["saturated"]) == 2 and all(0.0 <= v <= 1.0 for v in rec["saturated"])
     ret = results["curves"]["retrieval"]
     for key in ("clean", "corrupted", *METHODS):
         assert len(ret[key]) == 10 and all(len(s) == 784 for s in ret[key])

@@ -161,12 +161,21 @@ class HopfieldNet:
         return torch.sigmoid(self.b * h_out) if self.readout_mode == "sigmoid" else h_out
 
     @torch.no_grad()
-    def retrieve(self, images: Tensor) -> Tensor:
-        """Run inference (``num_steps`` updates) on ``images`` and return the outputs ``phi(b h)``."""
+    def infer(self, images: Tensor) -> Tensor:
+        """Run inference (``num_steps`` updates, no graph) on ``images``; return the free units' states."""
         w_ff, drive = self.params(images)
         (h,) = hypergrad.unroll(self.step_fn(), self.initial_state(len(images)), (w_ff, drive),
                                 self.num_steps)
-        return self.readout(h)
+        return h
+
+    def retrieve(self, images: Tensor) -> Tensor:
+        """The outputs (:meth:`readout`) after inference on ``images``."""
+        return self.readout(self.infer(images))
+
+    def saturated_fraction(self, images: Tensor, threshold: float = 0.01) -> float:
+        """Fraction of free units whose gain phi'(b h) is below ``threshold`` times its maximum phi'(0)."""
+        s = torch.sigmoid(self.b * self.infer(images))
+        return float(((s * (1 - s)) < 0.25 * threshold).float().mean())
 
 
 def method_grad(

@@ -116,7 +116,7 @@ def run_curves(images: torch.Tensor, args: argparse.Namespace, progress: bool) -
         net = HopfieldNet.create(generator=gen, readout_mode=args.readout)
         opt = torch.optim.Adam([net.A], lr=args.lr)
         rec: dict[str, list[Any]] = {"train_loss": [], "val_step": [], "val_loss": [], "val_binary": [],
-                                     "spectral_radius": [], "seconds": []}
+                                     "spectral_radius": [], "seconds": [], "saturated": []}
         bar = tqdm(range(args.curve_iterations), desc=f"curves {LABELS[method]}", disable=not progress,
                    file=sys.stderr)
         for it in bar:
@@ -125,6 +125,7 @@ def run_curves(images: torch.Tensor, args: argparse.Namespace, progress: bool) -
                 rec["val_step"].append(it)
                 rec["val_loss"].append(_finite(val))
                 rec["val_binary"].append(_finite(val_bin))
+                rec["saturated"].append(net.saturated_fraction(images))
             t0 = time.perf_counter()
             loss, info = train_step_grad(net, images, method, args.curve_truncation, generator=gen)
             opt.step()
@@ -136,6 +137,7 @@ def run_curves(images: torch.Tensor, args: argparse.Namespace, progress: bool) -
         rec["val_step"].append(args.curve_iterations)
         rec["val_loss"].append(_finite(val))
         rec["val_binary"].append(_finite(val_bin))
+        rec["saturated"].append(net.saturated_fraction(images))
         curves[method] = rec
         retrieval[method] = _bits(net.retrieve(corrupted))
     return {"truncation": args.curve_truncation, "methods": curves, "retrieval": retrieval}
@@ -196,6 +198,28 @@ def success_table(results: dict[str, Any]) -> str:
             succ = table["cells"][m][str(k)]["success"]
             row.append(f"{100.0 * sum(succ) / len(succ):.0f}% ({sum(succ)}/{len(succ)})" if succ else "-")
         lines.append(f"| {k} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def curve_summary(results: dict[str, Any]) -> str:
+    """Markdown table of the curves run: final losses, median seconds per iteration, spectral radius."""
+    curves = results.get("curves")
+    if not curves:
+        return "(no curves in these results)"
+
+    def fmt(v: float | None, spec: str = ".4g") -> str:
+        return "nan/inf" if v is None else format(v, spec)
+
+    lines = ["| Method | first train L1 | final train L1 | final val L1 | final val L1 (binarised) "
+             "| median s/iter | max rho(J) est. | saturated units (end) |", "|---|---|---|---|---|---|---|---|"]
+    for m, rec in curves["methods"].items():
+        secs = sorted(rec["seconds"])
+        rho = [v for v in rec.get("spectral_radius", []) if v is not None]
+        lines.append(
+            f"| {LABELS[m]} | {fmt(rec['train_loss'][0])} | {fmt(rec['train_loss'][-1])} "
+            f"| {fmt(rec['val_loss'][-1])} | {fmt(rec['val_binary'][-1])} "
+            f"| {secs[len(secs) // 2]:.2f} | {fmt(max(rho), '.3g') if rho else '-'} "
+            f"| {fmt(rec['saturated'][-1], '.0%') if rec.get('saturated') else '-'} |")
     return "\n".join(lines)
 
 
@@ -270,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.exit(1, f"error: cannot read {args.plot_only}: {exc}\n")
         for path in make_figures(results, args.figdir or Path("."), args.fig_prefix):
             print(f"wrote {path}")
+        print(curve_summary(results))
         print(success_table(results))
         return 0
     if args.quick:
@@ -317,6 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.figdir is not None:
         for path in make_figures(results, args.figdir, args.fig_prefix):
             print(f"wrote {path}")
+    print(curve_summary(results))
     print(success_table(results))
     return 0
 
