@@ -170,7 +170,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if state is not None:
         tuner.load_state_dict(state["tuner"])
     if logdir is not None:
-        callbacks.append(TensorBoardLogger(logdir, global_step_offset=tuner.step_count))
+        tuner.callbacks.append(TensorBoardLogger(logdir, global_step_offset=tuner.step_count))
     saved_values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
 
     def checkpoint(t: Tuner) -> None:

@@ -363,15 +363,7 @@ class Tuner:
             meta_loss = self._meta_loss(w_leaf)
             gw = torch.autograd.grad(meta_loss, w_leaf)
         state_grad = tuple(gw) + tuple(torch.zeros_like(v) for v in h_t[n:])
-        if cfg.fixed_point_batch == "full":
-            hyper_sets = [(problem.x_train, problem.y_train)]
-        else:
-            gen = self._generator(salt * 7919 + 17)
-            n_train = len(problem.x_train)
-            hyper_sets = []
-            for _ in range(cfg.hyper_batches):
-                idx = torch.randperm(n_train, generator=gen)[: cfg.batch_size]
-                hyper_sets.append((problem.x_train[idx], problem.y_train[idx]))
+        hyper_sets = self.hyper_batches(salt)
         grads, infos = [], []
         for x, y in hyper_sets:
 
@@ -406,6 +398,23 @@ class Tuner:
             "spectral_radius": max(finite_rho) if finite_rho else float("nan"),
         }
         return mean, h_t, meta_loss.detach(), stats
+
+    def hyper_batches(self, salt: int) -> list[tuple[Tensor, Tensor]]:
+        """The ``M`` minibatches on which the RBP step map is linearised at meta step ``salt``.
+
+        Drawn independently of the inner run's batches (``fixed_point_batch="full"``:
+        the whole training set once, the paper code's setting).
+        """
+        problem, cfg = self.problem, self.config
+        if cfg.fixed_point_batch == "full":
+            return [(problem.x_train, problem.y_train)]
+        gen = self._generator(salt * 7919 + 17)
+        n_train = len(problem.x_train)
+        out = []
+        for _ in range(cfg.hyper_batches):
+            idx = torch.randperm(n_train, generator=gen)[: cfg.batch_size]
+            out.append((problem.x_train[idx], problem.y_train[idx]))
+        return out
 
     def evaluate(self, hparams: Tree, salt: int = -1) -> dict[str, float]:
         """Train once with ``hparams`` (a fixed batch order) and report losses/accuracy."""

@@ -1,0 +1,388 @@
+r"""Black-box baselines: Optuna searches over the tuner's own hyperparameters (issue #4).
+
+Everything that decides *what is optimised* is shared with :class:`hypergrad.Tuner`:
+
+* **the inner training** is :meth:`hypergrad.InnerProblem.train` on the tuner's
+  problem (same model, data, ``T``, batch size and initial weights :math:`w_0`);
+* **the batches**: trial ``k`` trains on ``tuner._batches(k)``, the minibatch order
+  of the tuner's meta step ``k`` (seeded by ``(seed, k)``);
+* **the hyperparameters** are the tuner's per-group learning rates and momenta;
+  Optuna suggests :math:`\alpha` log-uniformly and :math:`\beta` uniformly in
+  :class:`SearchSpace`, and :func:`to_hparams` maps them onto the unconstrained
+  ``(log_lr, logit_momentum)`` tuple of :class:`hypergrad.HyperSpec`, so the very
+  same code path trains;
+* **the meta loss** is ``tuner._meta_loss(w_T)`` (validation loss by default),
+  computed by :func:`meta_objective`, the one function both sides call.
+
+One Optuna trial is one inner training of ``T`` steps; a pruned trial costs the
+fraction of ``T`` it ran (see :class:`OptunaObjective`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hypergrad._tree import Tree
+from hypergrad.hyperparams import HyperSpec
+from hypergrad.tuner import Tuner
+
+__all__ = [
+    "PRUNERS",
+    "SAMPLERS",
+    "OptunaObjective",
+    "SearchSpace",
+    "create_or_load_study",
+    "make_pruner",
+    "make_sampler",
+    "make_storage",
+    "meta_objective",
+    "run_study",
+    "to_hparams",
+    "trial_cost",
+]
+
+SAMPLERS = ("tpe", "random", "cmaes")
+PRUNERS = ("none", "median")
+
+# Momenta are mapped to logits after clamping into [eps, 1 - eps]: a suggested 0.0
+# becomes sigmoid(logit(1e-6)) = 1e-6, indistinguishable from 0 in the inner loop.
+_MOMENTUM_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Ranges Optuna searches, in the tuner's constrained coordinates.
+
+    The defaults contain every value the tuner reaches in practice from its
+    initialisation :math:`\\alpha = e^{-1}, \\beta = 0.5`: a meta run of 100 Adam
+    steps of size 0.05 moves ``log_lr`` by at most 5 (:math:`\\alpha \\in [0.0025, 55]`),
+    and the learning rates that do not diverge lie well inside ``[1e-3, 10]``.
+
+    Attributes:
+        lr_low, lr_high: bounds of the log-uniform learning rate :math:`\\alpha`.
+        momentum_low, momentum_high: bounds of the uniform momentum :math:`\\beta`.
+    """
+
+    lr_low: float = 1e-3
+    lr_high: float = 10.0
+    momentum_low: float = 0.0
+    momentum_high: float = 0.99
+
+    def __post_init__(self) -> None:
+        for name in ("lr_low", "lr_high", "momentum_low", "momentum_high"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if not 0.0 < self.lr_low < self.lr_high:
+            raise ValueError(f"need 0 < lr_low < lr_high, got lr_low={self.lr_low}, lr_high={self.lr_high}")
+        if not 0.0 <= self.momentum_low < self.momentum_high < 1.0:
+            raise ValueError(
+                "need 0 <= momentum_low < momentum_high < 1, got "
+                f"momentum_low={self.momentum_low}, momentum_high={self.momentum_high}"
+            )
+
+    def contains(self, spec: HyperSpec, hparams: Sequence[Tensor]) -> bool:
+        """Whether every learning rate and momentum of ``hparams`` lies in the ranges."""
+        lrs, moms = spec.per_tensor([h.detach() for h in hparams])
+        return all(
+            self.lr_low <= float(a) <= self.lr_high and self.momentum_low <= float(b) <= self.momentum_high
+            for a, b in zip(lrs, moms)
+        )
+
+    def suggest(self, trial: Any, spec: HyperSpec) -> dict[str, float]:
+        """Ask ``trial`` for one learning rate and one momentum per group of ``spec``."""
+        if spec.per == "element":
+            raise ValueError("per='element' has one hyperparameter per weight; black-box search needs a coarser per")
+        params: dict[str, float] = {}
+        for group in spec.groups:
+            params[f"lr:{group}"] = trial.suggest_float(f"lr:{group}", self.lr_low, self.lr_high, log=True)
+        for group in spec.groups:
+            params[f"momentum:{group}"] = trial.suggest_float(
+                f"momentum:{group}", self.momentum_low, self.momentum_high
+            )
+        return params
+
+
+def to_hparams(spec: HyperSpec, params: dict[str, float], dtype: torch.dtype = torch.float32) -> tuple[Tensor, ...]:
+    """Optuna's ``{"lr:<group>": alpha, "momentum:<group>": beta}`` as the tuner's unconstrained hparams.
+
+    Returns ``(log_lr_0..log_lr_G-1, logit_mom_0..logit_mom_G-1)`` (0-dim tensors), the
+    layout of :meth:`HyperSpec.init`.
+    """
+    missing = [k for g in spec.groups for k in (f"lr:{g}", f"momentum:{g}") if k not in params]
+    if missing:
+        raise ValueError(f"parameters missing for this problem: {', '.join(missing)}")
+    log_lr = []
+    logit_m = []
+    for g in spec.groups:
+        lr = float(params[f"lr:{g}"])
+        mom = float(params[f"momentum:{g}"])
+        if not (lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"lr:{g} must be a positive finite number, got {lr!r}")
+        if not 0.0 <= mom < 1.0:
+            raise ValueError(f"momentum:{g} must lie in [0, 1), got {mom!r}")
+        m = min(max(mom, _MOMENTUM_EPS), 1.0 - _MOMENTUM_EPS)
+        log_lr.append(torch.tensor(math.log(lr), dtype=dtype))
+        logit_m.append(torch.tensor(math.log(m / (1.0 - m)), dtype=dtype))
+    return tuple(log_lr) + tuple(logit_m)
+
+
+def from_hparams(spec: HyperSpec, hparams: Sequence[Tensor]) -> dict[str, float]:
+    """The inverse of :func:`to_hparams` (for ``study.enqueue_trial``)."""
+    g = spec.num_groups
+    out: dict[str, float] = {}
+    for i, name in enumerate(spec.groups):
+        out[f"lr:{name}"] = float(torch.as_tensor(hparams[i]).double().exp())
+    for i, name in enumerate(spec.groups):
+        out[f"momentum:{name}"] = float(torch.sigmoid(torch.as_tensor(hparams[g + i]).double()))
+    return out
+
+
+def meta_objective(
+    tuner: Tuner, hparams: Tree, salt: int, *, on_step: Callable[[int, Tree], None] | None = None
+) -> float:
+    """The meta loss of ``hparams``: ONE inner training on the tuner's batches ``salt``, then its meta loss.
+
+    This is the tuner's own inner run (:meth:`InnerProblem.train` over
+    ``tuner._batches(salt)``, as in :meth:`Tuner.hypergradient` and
+    :meth:`Tuner.evaluate`) and the tuner's meta loss (``tuner._meta_loss``, the
+    validation loss of :math:`w_T` unless ``meta_loss="train"``). Non-finite
+    losses are returned as they are.
+    """
+    problem = tuner.problem
+    h_t = problem.train(tuple(h.detach() for h in hparams), tuner._batches(salt), on_step=on_step)
+    with torch.no_grad():
+        return float(tuner._meta_loss(h_t[: problem.num_tensors]))
+
+
+class OptunaObjective:
+    """The Optuna objective: suggest -> :func:`to_hparams` -> :func:`meta_objective`.
+
+    Trial ``k`` trains on the batches of the tuner's meta step ``k``. The value is
+    the meta loss, except that a non-finite or exploded loss (above
+    ``fail_value``, default twice the meta loss of the untrained :math:`w_0`, the
+    tuner's ``blowup_ratio``) is reported as ``fail_value`` so that every sampler
+    (CMA-ES included) receives a finite number; the raw loss is kept in the
+    trial's user attribute ``"meta_loss"``.
+
+    With ``report_every=s``, the validation loss of :math:`w_t` is reported every
+    ``s`` inner steps (``trial.report``) and the trial is pruned when the study's
+    pruner says so. Each trial's cost in inner trainings (``steps run / T``) is
+    stored in the user attribute ``"cost"``.
+    """
+
+    def __init__(
+        self,
+        tuner: Tuner,
+        space: SearchSpace | None = None,
+        *,
+        report_every: int | None = None,
+        fail_value: float | None = None,
+    ) -> None:
+        if tuner.spec.per == "element":
+            raise ValueError("per='element' cannot be searched by Optuna; use per=tensor, layer or global")
+        if report_every is not None and (
+            isinstance(report_every, bool) or not isinstance(report_every, int) or report_every < 1
+        ):
+            raise ValueError(f"report_every must be an integer >= 1 or None, got {report_every!r}")
+        self.tuner = tuner
+        self.space = space or SearchSpace()
+        self.report_every = report_every
+        if fail_value is None:
+            with torch.no_grad():
+                fail_value = 2.0 * float(tuner._meta_loss(tuner.problem.w0))
+        if not math.isfinite(fail_value):
+            raise ValueError(f"fail_value must be finite, got {fail_value!r}")
+        self.fail_value = float(fail_value)
+        self.dtype = tuner.problem.w0[0].dtype
+
+    @property
+    def inner_steps(self) -> int:
+        return self.tuner.config.inner_steps
+
+    def hparams(self, params: dict[str, float]) -> tuple[Tensor, ...]:
+        return to_hparams(self.tuner.spec, params, self.dtype)
+
+    def __call__(self, trial: Any) -> float:
+        import optuna
+
+        params = self.space.suggest(trial, self.tuner.spec)
+        hparams = self.hparams(params)
+        problem = self.tuner.problem
+        steps_run = [0]
+        on_step = None
+        if self.report_every is not None:
+            every = self.report_every
+
+            def on_step(t: int, state: Tree) -> None:
+                steps_run[0] = t + 1
+                if (t + 1) % every == 0 and t + 1 < self.inner_steps:
+                    with torch.no_grad():
+                        loss = float(problem.eval_loss(state[: problem.num_tensors], "val"))
+                    trial.report(loss if math.isfinite(loss) else self.fail_value, t + 1)
+                    if trial.should_prune():
+                        trial.set_user_attr("cost", (t + 1) / self.inner_steps)
+                        raise optuna.TrialPruned(f"pruned after {t + 1} inner steps")
+
+        loss = meta_objective(self.tuner, hparams, trial.number, on_step=on_step)
+        trial.set_user_attr("cost", 1.0)
+        trial.set_user_attr("meta_loss", loss if math.isfinite(loss) else None)
+        if not math.isfinite(loss) or loss > self.fail_value:
+            return self.fail_value
+        return loss
+
+
+def trial_cost(trial: Any) -> float:
+    """Inner trainings a finished trial cost (1 unless it was pruned early)."""
+    cost = trial.user_attrs.get("cost")
+    return float(cost) if cost is not None else 1.0
+
+
+# ---------------------------------------------------------------------- study plumbing
+def make_sampler(name: str, seed: int | None = None) -> Any:
+    """``tpe`` (default settings), ``random`` or ``cmaes`` (Optuna's CmaEsSampler), seeded."""
+    import optuna
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "cmaes":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    raise ValueError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
+
+
+def make_pruner(name: str, *, n_startup_trials: int = 5, n_warmup_steps: int = 0) -> Any:
+    """``none`` (the default: every trial runs all ``T`` steps) or ``median``."""
+    import optuna
+
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps)
+    raise ValueError(f"unknown pruner {name!r}; expected one of {', '.join(PRUNERS)}")
+
+
+def make_storage(url: str | None) -> Any:
+    """An Optuna storage from a user string.
+
+    * ``None`` or ``""``: in memory (the default; nothing persists);
+    * ``journal:PATH``, or a path ending in ``.log`` / ``.journal``: a journal file,
+      ``JournalStorage(JournalFileBackend(PATH))`` -- safe for several worker
+      processes on one machine (file locks), no database needed;
+    * any URL ``dialect://...``: an RDB storage, e.g. ``sqlite:///study.db`` or
+      ``postgresql://user@host/db`` (the database driver must be installed).
+    """
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    if url is None or url == "":
+        return None
+    if url.startswith("journal:") or url.endswith((".log", ".journal")):
+        path = url[len("journal:") :] if url.startswith("journal:") else url
+        if not path:
+            raise ValueError("--storage journal: needs a file path, e.g. journal:study.log")
+        parent = Path(path).expanduser().resolve().parent
+        if not parent.is_dir():
+            raise ValueError(f"the folder of the journal file {path!r} does not exist")
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    if "://" not in url:
+        raise ValueError(
+            f"cannot read storage {url!r}: expected journal:PATH, a .log/.journal file, or a URL such as "
+            "sqlite:///study.db or postgresql://user@host/db"
+        )
+    return url
+
+
+def create_or_load_study(
+    *,
+    storage: Any,
+    study_name: str | None,
+    sampler: Any,
+    pruner: Any = None,
+    problem_key: dict[str, Any] | None = None,
+) -> Any:
+    """``optuna.create_study(..., load_if_exists=True)``; a resumed study must describe the same problem.
+
+    ``problem_key`` (JSON-able) is stored as the study's user attribute ``"problem"``;
+    loading a study made for another problem raises :class:`ValueError`.
+    """
+    import optuna
+
+    try:
+        study = optuna.create_study(
+            storage=storage, sampler=sampler, pruner=pruner, study_name=study_name,
+            direction="minimize", load_if_exists=True,
+        )
+    except (ImportError, ModuleNotFoundError) as exc:
+        raise ValueError(f"cannot open storage: {exc}") from None
+    except Exception as exc:  # sqlalchemy / journal errors on a bad URL
+        if type(exc).__name__ in ("ArgumentError", "OperationalError", "NoSuchModuleError"):
+            raise ValueError(f"cannot open storage: {str(exc).splitlines()[0]}") from None
+        raise
+    if problem_key is not None:
+        stored = study.user_attrs.get("problem")
+        if stored is None:
+            study.set_user_attr("problem", problem_key)
+        elif stored != problem_key:
+            diff = sorted(k for k in set(stored) | set(problem_key) if stored.get(k) != problem_key.get(k))
+            raise ValueError(
+                f"study {study.study_name!r} in this storage was made for another problem "
+                f"(differs in: {', '.join(diff)}); pass another --study-name"
+            )
+    return study
+
+
+def run_study(
+    study: Any,
+    objective: OptunaObjective,
+    *,
+    budget: float,
+    n_jobs: int = 1,
+    progress: Callable[[Any], None] | None = None,
+) -> list[Any]:
+    """Run trials until the study's finished trials have cost ``budget`` inner trainings.
+
+    The budget counts every finished trial already in the study (resumed runs and
+    other workers on the same storage included), so parallel workers share one
+    budget; concurrent workers can overshoot it by at most ``n_workers - 1`` trials.
+    Returns the trials this call finished.
+    """
+    import optuna
+
+    if not (isinstance(budget, (int, float)) and budget > 0):
+        raise ValueError(f"budget must be positive, got {budget!r}")
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
+        raise ValueError(f"n_jobs must be an integer >= 1, got {n_jobs!r}")
+    finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+                       optuna.trial.TrialState.FAIL)
+
+    def spent() -> float:
+        return sum(trial_cost(t) for t in study.get_trials(deepcopy=False, states=finished_states))
+
+    mine: list[Any] = []
+
+    def callback(study_: Any, trial: Any) -> None:
+        mine.append(trial)
+        if progress is not None:
+            progress(trial)
+        if spent() >= budget - 1e-9:
+            study_.stop()
+
+    remaining = budget - spent()
+    if remaining <= 1e-9:
+        return mine
+    # Without a pruner every trial costs 1, so n_trials is exact; with one, the callback stops.
+    n_trials = math.ceil(remaining) if objective.report_every is None else None
+    study.optimize(objective, n_trials=n_trials, n_jobs=n_jobs, callbacks=[callback], catch=())
+    return mine

@@ -1,0 +1,179 @@
+"""The meta loop: the inner map, hypergradients of every method, averaging, tuning, state."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import hypergrad
+from hypergrad import TuneConfig, Tuner
+from hypergrad._tree import tree_dot, tree_norm
+from hypergrad.data import load_digits_split
+from hypergrad.workloads import mlp
+from tests._problems import tiny_problem, tiny_tuner
+
+
+def test_step_with_and_without_graph_agree_and_train_matches_steps():
+    problem = tiny_problem()
+    hp = problem.spec.init(0.3, 0.7, torch.float64)
+    batches = torch.randint(0, len(problem.x_train), (7, problem.batch_size), generator=torch.Generator().manual_seed(1))
+    h = problem.initial_state()
+    for idx in batches:
+        with torch.no_grad():
+            fast = problem.step(h, hp, problem.x_train[idx], problem.y_train[idx])
+        slow = problem.step(h, hp, problem.x_train[idx], problem.y_train[idx])
+        for a, b in zip(fast, slow):
+            torch.testing.assert_close(a, b.detach(), rtol=1e-13, atol=1e-13)
+        h = fast
+    for a, b in zip(problem.train(hp, batches), h):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+
+
+def _meta_loss_at(tuner: Tuner, hp, batches) -> float:
+    h_t = tuner.problem.train(hp, batches)
+    return float(tuner.problem.eval_loss(h_t[: tuner.problem.num_tensors], "val"))
+
+
+def test_bptt_hypergradient_matches_central_finite_differences():
+    tuner = tiny_tuner(method="bptt", inner_steps=12)
+    batches = tuner._batches(0)
+    hp = tuple(h.detach() for h in tuner.hparams)
+    grad, _, loss, _ = tuner.hypergradient(hp, batches, "bptt")
+    assert math.isclose(float(loss), _meta_loss_at(tuner, hp, batches), rel_tol=1e-12)
+    eps = 1e-6
+    for i in range(len(hp)):
+        plus = tuple(h + eps if j == i else h for j, h in enumerate(hp))
+        minus = tuple(h - eps if j == i else h for j, h in enumerate(hp))
+        fd = (_meta_loss_at(tuner, plus, batches) - _meta_loss_at(tuner, minus, batches)) / (2 * eps)
+        assert abs(float(grad[i]) - fd) <= 1e-6 * max(1.0, abs(fd)), (i, float(grad[i]), fd)
+
+
+def test_tbptt_with_full_truncation_equals_bptt():
+    tuner = tiny_tuner(method="tbptt", inner_steps=9, truncate=9)
+    batches = tuner._batches(0)
+    g_t, *_ = tuner.hypergradient(tuner.hparams, batches, "tbptt")
+    g_b, *_ = tuner.hypergradient(tuner.hparams, batches, "bptt")
+    for a, b in zip(g_t, g_b):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("method", ["rbp", "cg", "neumann", "gmres"])
+def test_rbp_hypergradient_is_the_mean_over_hyper_batches(method):
+    tuner = tiny_tuner(method=method, inner_steps=15, truncate=4, hyper_batches=3, stop_on_growth=False)
+    hp = tuple(h.detach() for h in tuner.hparams)
+    grad, h_t, _, stats = tuner.hypergradient(hp, tuner._batches(2), method, salt=2)
+    problem = tuner.problem
+    n = problem.num_tensors
+    w = tuple(t.clone().requires_grad_(True) for t in h_t[:n])
+    gw = torch.autograd.grad(problem.eval_loss(w, "val"), w)
+    state_grad = tuple(gw) + tuple(torch.zeros_like(v) for v in h_t[n:])
+    batches = tuner.hyper_batches(2)
+    assert len(batches) == 3
+    parts = []
+    for x, y in batches:
+        g, _ = hypergrad.fixed_point_grad(
+            lambda s, p, x=x, y=y: problem.step(s, p, x, y), h_t, hp, state_grad, method=method, max_iter=4
+        )
+        parts.append(g)
+    mean = tuple(torch.stack(p).mean(0) for p in zip(*parts))
+    for a, b in zip(grad, mean):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
+    # the per-minibatch hypergradients differ, and their spread is reported
+    assert stats["hypergrad_spread"] > 0
+    assert stats["solver"]["method"] == method
+
+
+def test_full_batch_fixed_point_uses_the_whole_training_set():
+    tuner = tiny_tuner(method="neumann", fixed_point_batch="full", hyper_batches=5)
+    (batch,) = tuner.hyper_batches(0)
+    assert batch[0] is tuner.problem.x_train
+
+
+def test_neumann_at_convergence_approaches_bptt_direction():
+    """Near a steady state of the inner loop (Prop. 1/2), Neumann-RBP points like BPTT's truncated tail."""
+    tuner = tiny_tuner(method="neumann", inner_steps=60, truncate=20, fixed_point_batch="full",
+                       batch_size=64, init_lr=0.3)
+    hp = tuple(h.detach() for h in tuner.hparams)
+    batches = tuner._batches(0)
+    g_n, *_ = tuner.hypergradient(hp, batches, "neumann")
+    g_t, *_ = tuner.hypergradient(hp, batches, "tbptt")
+    cos = float(tree_dot(g_n, g_t)) / (tree_norm(g_n) * tree_norm(g_t))
+    assert cos > 0.9, cos
+
+
+def _digits_model(seed: int = 0):
+    torch.manual_seed(seed)
+    return mlp(64, (32, 32), 10)
+
+
+@pytest.mark.parametrize("method", ["bptt", "tbptt", "neumann", "cg", "rbp"])
+def test_tune_lowers_the_validation_loss_on_digits(method):
+    d = load_digits_split(seed=0)
+    result = hypergrad.tune(
+        _digits_model(), F.cross_entropy, (d.x_train, d.y_train), (d.x_val, d.y_val),
+        test_data=(d.x_test, d.y_test), method=method, inner_steps=40, truncate=5, meta_steps=12,
+        batch_size=50, seed=0,
+    )
+    ev = result.evaluation
+    assert ev["best"]["val_loss"] < 0.95 * ev["initial"]["val_loss"], ev
+    assert len(result.history) == 12
+    for record in result.history:
+        assert {"meta_loss", "val_loss", "train_loss", "hypergrad_norm", "seconds", "solver"} <= set(record)
+    groups = result.param_groups(_digits_model())
+    assert len(groups) == 6 and all(g["lr"] > 0 and 0 < g["momentum"] < 1 for g in groups)
+    torch.optim.SGD(groups)  # accepted as-is by torch.optim
+
+
+def test_tune_per_element_runs_and_reports_means():
+    d = load_digits_split(seed=0)
+    result = hypergrad.tune(
+        _digits_model(), F.cross_entropy, (d.x_train, d.y_train), (d.x_val, d.y_val),
+        method="neumann", per="element", inner_steps=20, truncate=3, meta_steps=3, batch_size=50,
+    )
+    assert "lr_mean" in result.hyperparameters["0.weight"]
+    assert all(h.shape == p.shape for h, p in zip(result.best[:6], _digits_model().parameters()))
+
+
+def test_tune_rejects_unknown_options():
+    d = load_digits_split(seed=0)
+    with pytest.raises(TypeError, match="unknown tune.. argument.*learning_rate"):
+        hypergrad.tune(_digits_model(), F.cross_entropy, (d.x_train, d.y_train), (d.x_val, d.y_val),
+                       learning_rate=0.1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"method": "adam"}, "method='adam' is not allowed"),
+        ({"inner_steps": 0}, "inner_steps must be an integer >= 1"),
+        ({"truncate": 0}, "truncate must be an integer >= 1"),
+        ({"method": "tbptt", "inner_steps": 5, "truncate": 6}, r"truncate \(6\) must not exceed inner_steps \(5\)"),
+        ({"meta_lr": -1.0}, "meta_lr must be a positive finite number"),
+        ({"init_momentum": 1.0}, r"init_momentum must lie in \(0, 1\)"),
+        ({"per": "row"}, "per='row' is not allowed"),
+        ({"hyper_batches": 0}, "hyper_batches must be an integer >= 1"),
+        ({"on_divergence": "pray"}, "on_divergence='pray' is not allowed"),
+    ],
+)
+def test_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TuneConfig(**kwargs)
+
+
+def test_state_dict_round_trip_continues_bitwise():
+    a = tiny_tuner(method="neumann", inner_steps=10, truncate=3, meta_steps=6)
+    for _ in range(6):
+        a.meta_step()
+    b = tiny_tuner(method="neumann", inner_steps=10, truncate=3, meta_steps=6)
+    for _ in range(3):
+        b.meta_step()
+    c = tiny_tuner(method="neumann", inner_steps=10, truncate=3, meta_steps=6)
+    c.load_state_dict(b.state_dict())
+    for _ in range(3):
+        c.meta_step()
+    assert [r["meta_loss"] for r in a.history] == [r["meta_loss"] for r in c.history]
+    for x, y in zip(a.hparams, c.hparams):
+        assert torch.equal(x, y)
