@@ -183,7 +183,9 @@ def test_bad_construction(kwargs: dict, match: str) -> None:
 
 
 @pytest.mark.xfail(
-    strict=True, reason="FixedPoint.__init__ does not validate forward_tol (negative or NaN is accepted)"
+    strict=True,
+    reason="FixedPoint.__init__ does not validate forward_tol: negative is accepted (forward always runs "
+    "forward_max_iter steps) and NaN makes forward() run 0 steps and return f(h0)",
 )
 @pytest.mark.parametrize("forward_tol", [-1.0, float("nan")])
 def test_bad_forward_tol(forward_tol: float) -> None:
@@ -193,9 +195,10 @@ def test_bad_forward_tol(forward_tol: float) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="FixedPoint.__init__ checks only forward_max_iter < 1: 2.5 is accepted and fails later in "
-    "forward() with a TypeError from range()",
+    reason="FixedPoint.__init__ checks only forward_max_iter < 1: 2.5 is accepted (forward() then runs 3 "
+    "steps) and True is accepted as 1",
 )
-def test_non_integer_forward_max_iter() -> None:
+@pytest.mark.parametrize("forward_max_iter", [2.5, True])
+def test_non_integer_forward_max_iter(forward_max_iter) -> None:
     with pytest.raises(ValueError, match=r"forward_max_iter"):
-        hypergrad.FixedPoint(TanhCell(), forward_max_iter=2.5)
+        hypergrad.FixedPoint(TanhCell(), forward_max_iter=forward_max_iter)
