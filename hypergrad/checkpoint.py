@@ -1,19 +1,29 @@
-"""Atomic, safe checkpoints of a tuning run.
+"""Atomic, safe, checksummed checkpoints of a tuning run.
 
 A checkpoint is written after every meta step: to a temporary file in the same
 folder, fsynced, then renamed over ``checkpoint.pt`` (and the folder fsynced),
 so a kill at any moment leaves either the previous or the new checkpoint, never
-a torn one. Checkpoints are read with ``torch.load(weights_only=True)``: they
-hold only tensors, numbers, strings, lists and dicts, and a file crafted to
-run code on load is refused.
+a torn one.
+
+The file is an ordinary ``torch.save`` archive holding an envelope
+``{"format_version", "sha256", "payload"}``: ``payload`` is the state itself,
+serialised by ``torch.save`` into a ``uint8`` tensor, and ``sha256`` its digest.
+A zip archive checks neither its pickle nor its tensor bytes, so without the
+digest a flipped byte could load silently as a wrong learning rate; with it,
+any corruption of the state is refused with :class:`CheckpointError`.
+
+Both levels are read with ``torch.load(weights_only=True)``: they hold only
+tensors, numbers, strings, lists and dicts, and a file crafted to run code on
+load is refused before anything runs.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +32,7 @@ import torch
 __all__ = ["CHECKPOINT_NAME", "FORMAT_VERSION", "CheckpointError", "load_checkpoint", "save_checkpoint"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class CheckpointError(ValueError):
@@ -40,16 +50,27 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _encode(state: dict[str, Any]) -> dict[str, Any]:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    raw = buffer.getvalue()
+    return {
+        "format_version": FORMAT_VERSION,
+        "sha256": hashlib.sha256(raw).hexdigest(),
+        "payload": torch.frombuffer(bytearray(raw), dtype=torch.uint8),
+    }
+
+
 def save_checkpoint(folder: str | Path, state: dict[str, Any]) -> Path:
-    """Atomically write ``state`` to ``folder/checkpoint.pt``."""
+    """Atomically write ``state`` to ``folder/checkpoint.pt`` (tmp file, fsync, rename, fsync folder)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / CHECKPOINT_NAME
-    payload = {"format_version": FORMAT_VERSION, **state}
+    envelope = _encode(state)
     fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            torch.save(envelope, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
@@ -60,21 +81,46 @@ def save_checkpoint(folder: str | Path, state: dict[str, Any]) -> Path:
     return target
 
 
+def _safe_load(source: Path | io.BytesIO, name: str) -> Any:
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = next((line for line in lines if "Unsupported global" in line or "WeightsUnpickler" in line), "")
+        detail = f" ({detail})" if detail else ""
+        raise CheckpointError(
+            f"checkpoint {name!r} was refused: it holds objects other than tensors and plain data, "
+            f"so it is unsafe or corrupt{detail}"
+        ) from None
+    except Exception as exc:  # a damaged archive fails in many ways (RuntimeError, KeyError, EOFError, ...)
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        first = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        raise CheckpointError(f"checkpoint {name!r} is truncated or corrupt ({first})") from None
+
+
 def load_checkpoint(folder_or_file: str | Path) -> dict[str, Any]:
-    """Load a checkpoint safely (``weights_only=True``); clear errors name the file."""
+    """Load a checkpoint safely (``weights_only=True``, sha256-verified); clear errors name the file."""
     path = Path(folder_or_file)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {str(path)!r}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).splitlines()[0]
-        raise CheckpointError(f"checkpoint {str(path)!r} is unsafe or corrupt and was refused: {first}") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"checkpoint {str(path)!r} is truncated or corrupt: {first}") from None
-    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {str(path)!r} is not a hypergrad checkpoint (format {FORMAT_VERSION})")
+    name = str(path)
+    envelope = _safe_load(path, name)
+    if not isinstance(envelope, dict) or envelope.get("format_version") != FORMAT_VERSION:
+        found = envelope.get("format_version") if isinstance(envelope, dict) else None
+        raise CheckpointError(
+            f"checkpoint {name!r} is not a hypergrad checkpoint of format {FORMAT_VERSION} (found {found!r})"
+        )
+    payload, digest = envelope.get("payload"), envelope.get("sha256")
+    if not (isinstance(payload, torch.Tensor) and payload.dtype == torch.uint8 and payload.dim() == 1) or not (
+        isinstance(digest, str)
+    ):
+        raise CheckpointError(f"checkpoint {name!r} is corrupt (malformed envelope)")
+    raw = payload.numpy().tobytes()
+    if hashlib.sha256(raw).hexdigest() != digest:
+        raise CheckpointError(f"checkpoint {name!r} is corrupt: its sha256 does not match the stored digest")
+    state = _safe_load(io.BytesIO(raw), name)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {name!r} is corrupt (its state is not a dict)")
     return state
