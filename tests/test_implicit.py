@@ -51,9 +51,7 @@ def nonsymmetric_w(n: int, norm: float, seed: int) -> torch.Tensor:
     """``norm`` x (rotations by angles near pi/2 in a random basis): ||W - W^T|| >> ||W + W^T||."""
     gen = torch.Generator().manual_seed(seed)
     thetas = torch.linspace(1.35, 1.75, n // 2, dtype=DT)
-    blocks = [
-        torch.tensor([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]], dtype=DT) for t in thetas
-    ]
+    blocks = [torch.tensor([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]], dtype=DT) for t in thetas]
     rot = torch.block_diag(*blocks)
     q, _ = torch.linalg.qr(torch.randn(n, n, dtype=DT, generator=gen))
     return norm * (q @ rot @ q.T)
@@ -197,6 +195,18 @@ def test_state_parts_that_do_not_depend_on_the_state(mid: str, method: str, kwar
     assert float(grads[2]) == pytest.approx(float(g[2].sum() * (1 - torch.tanh(params[2]) ** 2)), rel=1e-12)
 
 
+@pytest.mark.parametrize(("mid", "method", "kwargs"), METHODS, ids=METHOD_IDS)
+def test_inputs_are_not_mutated(mid: str, method: str, kwargs: dict) -> None:
+    p = PROBLEMS["tanh-tree"]
+    before = [t.clone() for t in (*p.state, *p.params, *p.state_grad)]
+    init = tuple(torch.ones_like(s) for s in p.state) if method == "rbp" else None
+    init_before = None if init is None else [t.clone() for t in init]
+    run(p, method, **kwargs, init=init)
+    assert all(torch.equal(a, b) for a, b in zip(before, (*p.state, *p.params, *p.state_grad)))
+    if init is not None:
+        assert all(torch.equal(a, b) for a, b in zip(init_before, init))
+
+
 # --------------------------------------------------------------------------- Props 3 and 4 on gradients
 @pytest.mark.parametrize("name", ["tanh-tree", "gru"])
 @pytest.mark.parametrize("k", [1, 3, 10])
@@ -265,9 +275,7 @@ def test_info_residual_is_the_dense_residual(name: str, method: str, max_iter: i
     z, info_z = hypergrad.solve_adjoint(method, vjp, b, max_iter=max_iter, jvp=jvp)
     jac, jac_w = dense_jacobians(p.step, p.state, p.params)
     eye = torch.eye(jac.shape[0], dtype=DT)
-    true = float(
-        torch.linalg.vector_norm((eye - jac.T) @ flat(z) - flat(b)) / torch.linalg.vector_norm(flat(b))
-    )
+    true = float(torch.linalg.vector_norm((eye - jac.T) @ flat(z) - flat(b)) / torch.linalg.vector_norm(flat(b)))
     assert info_z.residual == pytest.approx(true, rel=1e-8, abs=1e-14)
     grads, info = run(p, method, max_iter=max_iter)
     assert info.residual == pytest.approx(info_z.residual, rel=1e-8, abs=1e-14)
@@ -354,9 +362,7 @@ def test_spectral_radius_above_one_diverges_visibly(method: str, init: str | Non
 
 @pytest.mark.parametrize(("mid", "method", "kwargs"), METHODS, ids=METHOD_IDS)
 @pytest.mark.parametrize("max_iter", [5, 40, 200])
-def test_no_method_returns_a_wrong_answer_silently(
-    mid: str, method: str, kwargs: dict, max_iter: int
-) -> None:
+def test_no_method_returns_a_wrong_answer_silently(mid: str, method: str, kwargs: dict, max_iter: int) -> None:
     """On a map with spectral radius above 1: wrong => not converged (and diverged for Neumann/RBP)."""
     p = unstable_problem()
     kw = {**kwargs, "max_iter": max_iter}
@@ -391,12 +397,8 @@ def test_stop_on_growth_on_a_growing_series() -> None:
 def test_rbp_init_options() -> None:
     p = PROBLEMS["gru"]
     exact = exact_grad(p.step, p.state, p.params, p.state_grad)
-    g1, i1 = run(
-        p, "rbp", max_iter=3000, tol=1e-14, init="uniform", generator=torch.Generator().manual_seed(1)
-    )
-    g2, _ = run(
-        p, "rbp", max_iter=3000, tol=1e-14, init="uniform", generator=torch.Generator().manual_seed(1)
-    )
+    g1, i1 = run(p, "rbp", max_iter=3000, tol=1e-14, init="uniform", generator=torch.Generator().manual_seed(1))
+    g2, _ = run(p, "rbp", max_iter=3000, tol=1e-14, init="uniform", generator=torch.Generator().manual_seed(1))
     assert i1.converged and rel_err(g1, exact) <= 1e-8
     assert all(torch.equal(a, b) for a, b in zip(g1, g2))  # reproducible with a generator
     init = tuple(torch.ones_like(s) for s in p.state)
