@@ -207,3 +207,14 @@ def test_cli_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         main(["--truncate", "7", "--steps", "5"])
     assert "truncate" in capsys.readouterr().err
+
+
+def test_divergence_stops_training_and_keeps_the_best_model():
+    graph = _toy_graph(n=30)
+    x = torch.randn(30, 4, generator=torch.Generator().manual_seed(0))
+    step = make_step(sparse_adjacency(graph))
+    split = (graph.train_idx, graph.val_idx, graph.test_idx)
+    cfg = TrainConfig(num_steps=8, truncate=2, epochs=50, lr=1e30)
+    res = train_run("bptt", step, x, graph.labels, split, 3, seed=0, config=cfg)
+    assert res.diverged and res.epochs_run < 50
+    assert all(math.isfinite(v) for v in res.train_loss) and math.isfinite(res.test_acc)

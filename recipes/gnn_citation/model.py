@@ -49,6 +49,14 @@ class GNNParams(NamedTuple):
     def all(self) -> tuple[Tensor, ...]:
         return (*self.gru, *self.out)
 
+    def to(self, device: torch.device | str) -> GNNParams:
+        """The same values on ``device``, as new leaves that require grad."""
+
+        def move(ts: tuple[Tensor, ...]) -> tuple:
+            return tuple(t.detach().to(device).requires_grad_(True) for t in ts)
+
+        return GNNParams(gru=move(self.gru), out=move(self.out))
+
 
 def init_params(hidden: int, num_classes: int, *, generator: torch.Generator) -> GNNParams:
     """Kaiming-normal weights (std ``sqrt(2 / H)``) and zero biases, as the paper's code does."""

@@ -10,7 +10,7 @@ import numpy as np
 
 from recipes.gnn_citation.train import GNN_METHODS, LABELS, METHODS
 
-__all__ = ["load_records", "markdown_table", "mean_curve", "plot_records"]
+__all__ = ["load_records", "markdown_table", "mean_curve", "merge_records", "plot_records"]
 
 
 def load_records(paths: list[Path]) -> list[dict]:
@@ -21,6 +21,32 @@ def load_records(paths: list[Path]) -> list[dict]:
             raise ValueError(f"{path} is not a results file of recipes.gnn_citation.run")
         records.append(rec)
     return records
+
+
+def merge_records(records: list[dict]) -> list[dict]:
+    """Merge records of the same data set (e.g. one file per method or per group of seeds)."""
+    from recipes.gnn_citation.run import summarize
+
+    merged: dict[str, dict] = {}
+    for rec in records:
+        ds = rec["dataset"]
+        if ds not in merged:
+            merged[ds] = {**rec, "results": {m: list(r) for m, r in rec["results"].items()},
+                          "seeds": list(rec["seeds"]), "sources": [rec.get("command", "")]}
+            continue
+        into = merged[ds]
+        if into["config"] != rec["config"] or into["hidden"] != rec["hidden"]:
+            raise ValueError(f"cannot merge {ds} records with different settings")
+        for m, runs in rec["results"].items():
+            have = {r["seed"] for r in into["results"].get(m, [])}
+            into["results"].setdefault(m, []).extend(r for r in runs if r["seed"] not in have)
+        into["seeds"] = sorted(set(into["seeds"]) | set(rec["seeds"]))
+        into["sources"].append(rec.get("command", ""))
+    for rec in merged.values():
+        rec["results"] = {m: sorted(rec["results"][m], key=lambda r: r["seed"])
+                          for m in METHODS if m in rec["results"]}
+        rec["summary"] = summarize(rec["results"])
+    return list(merged.values())
 
 
 def mean_curve(curves: list[list[float]]) -> np.ndarray:

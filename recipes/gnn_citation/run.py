@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only re-draw figures / the table from earlier --out files")
     p.add_argument("--quick", action="store_true", help="smoke test: 3 epochs, 1 seed, 10 steps, truncate 3")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu (default) or cuda")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     return p
 
@@ -97,8 +98,10 @@ def run_experiment(args: argparse.Namespace) -> dict:
     root = args.data_root if args.data_root is not None else default_data_root("planetoid")
     graph = load_planetoid(root, args.dataset)
     hidden = args.hidden if args.hidden is not None else C.HIDDEN[args.dataset]
-    features = pca_features(graph.features, hidden, seed=C.PCA_SEED)
-    step = make_step(sparse_adjacency(graph))
+    dev = torch.device(args.device)
+    features = pca_features(graph.features, hidden, seed=C.PCA_SEED).to(dev)
+    labels = graph.labels.to(dev)
+    step = make_step(sparse_adjacency(graph).to(dev))
     cfg = TrainConfig(
         num_steps=args.steps, truncate=args.truncate, epochs=args.epochs, patience=args.patience,
         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
@@ -110,6 +113,7 @@ def run_experiment(args: argparse.Namespace) -> dict:
         "num_edges": int(graph.edge_index.shape[1]),
         "num_classes": graph.num_classes,  # from the data: 7 for Cora, 3 for Pubmed
         "hidden": hidden,
+        "device": str(dev),
         "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
         "methods": list(args.methods),
         "seeds": list(args.seeds),
@@ -127,6 +131,7 @@ def run_experiment(args: argparse.Namespace) -> dict:
     for seed in args.seeds:
         split = planetoid_random_split(graph, train_frac=C.TRAIN_FRAC, val_frac=C.VAL_FRAC, seed=seed)
         record.setdefault("split_sizes", [len(s) for s in split])
+        split = tuple(s.to(dev) for s in split)
         for method in args.methods:
             if bar is not None:
                 bar.set_postfix_str(f"{LABELS[method]} seed {seed}")
@@ -135,7 +140,7 @@ def run_experiment(args: argparse.Namespace) -> dict:
                 if bar is not None:
                     bar.update(1)
 
-            res = train_run(method, step, features, graph.labels, split, graph.num_classes,
+            res = train_run(method, step, features, labels, split, graph.num_classes,
                             seed=seed, config=cfg, on_epoch=on_epoch)
             if bar is not None:
                 bar.update(cfg.epochs - res.epochs_run)
@@ -163,9 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.replot is not None:
-        from recipes.gnn_citation.plot import load_records, markdown_table, plot_records
+        from recipes.gnn_citation.plot import load_records, markdown_table, merge_records, plot_records
 
-        records = load_records(args.replot)
+        records = merge_records(load_records(args.replot))
         if args.figdir is not None:
             for path in plot_records(records, args.figdir):
                 print(f"wrote {path}")

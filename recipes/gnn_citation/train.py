@@ -85,6 +85,7 @@ class RunResult:
     diff_norm_best: list[float] = field(default_factory=list)
     diff_norm_last: list[float] = field(default_factory=list)
     epochs_run: int = 0
+    diverged: bool = False  # the loss or a gradient became NaN/Inf; training stopped there
     seconds: float = 0.0
     solver_residual_last: float = float("nan")
 
@@ -92,13 +93,13 @@ class RunResult:
         return dict(self.__dict__)
 
 
-def _traced(step: Step, sink: list[float]) -> Step:
+def _traced(step: Step, sink: list[Tensor]) -> Step:
     """``step`` that also records ``||h_{t+1} - h_t||`` (Fig. 3 c, f) without entering the graph."""
 
     def traced(state: tuple[Tensor, ...], params: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         new = step(state, params)
         with torch.no_grad():
-            sink.append(float(torch.linalg.vector_norm(new[0] - state[0])))
+            sink.append(torch.linalg.vector_norm(new[0] - state[0]))
         return new
 
     return traced
@@ -118,7 +119,7 @@ def gnn_gradients(
     *,
     num_steps: int,
     truncate: int,
-    diff_sink: list[float] | None = None,
+    diff_sink: list[Tensor] | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], Tensor, Tensor, hypergrad.SolveInfo | None]:
     """Gradients of the training loss by ``method``.
@@ -149,6 +150,10 @@ def gnn_gradients(
 
     # RBP family: forward without a graph, then dL/dh_T, then Eq. (8)-(9) on the one-step graph.
     h_final = hypergrad.unroll(forward_step, (h0,), gru, num_steps)[0]
+    if not bool(torch.isfinite(h_final).all()):  # weights blown up by an earlier step: no fixed point
+        nan = torch.full((), float("nan"), device=h0.device)
+        return (tuple(torch.full_like(p, float("nan")) for p in gru),
+                tuple(torch.full_like(p, float("nan")) for p in out), nan, h_final, None)
     h_star = h_final.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = readout(h_star, out)
@@ -189,14 +194,16 @@ def train_run(
     train_idx, val_idx, test_idx = split
     gen = torch.Generator().manual_seed(seed)
     hidden = features.shape[1]
-    params = init_params(hidden, num_classes, generator=gen)
+    params = init_params(hidden, num_classes, generator=gen)  # on the CPU: same draw on any device
+    if features.device.type != "cpu":
+        params = params.to(features.device)
     leaves = params.out if method == "baseline" else params.all()
     opt = torch.optim.SGD(leaves, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     result = RunResult(method=method, seed=seed)
     since_best = 0
     t0 = time.perf_counter()
     for epoch in range(config.epochs):
-        sink: list[float] | None = None if method == "baseline" else []
+        sink: list[Tensor] | None = None if method == "baseline" else []
         if method == "baseline":  # logistic regression on the node features
             out = tuple(p.detach().requires_grad_(True) for p in params.out)
             with torch.enable_grad():
@@ -212,25 +219,32 @@ def train_run(
             grads = (*g_gru, *g_out)
             if info is not None:
                 result.solver_residual_last = float(info.residual)
+        if not bool(torch.isfinite(loss)):
+            result.diverged = True  # this epoch's model is not finite: keep the best one so far
+            break
         val = _accuracy(logits, labels, val_idx)
         result.train_loss.append(float(loss))
         result.val_acc.append(val)
+        diffs = torch.stack(sink).tolist() if sink else []
         if sink is not None:
             if epoch == 0:
-                result.diff_norm_first = sink
-            result.diff_norm_last = sink
+                result.diff_norm_first = diffs
+            result.diff_norm_last = diffs
         if val > result.best_val_acc:
             result.best_val_acc, result.best_epoch = val, epoch
             result.test_acc = _accuracy(logits, labels, test_idx)
             if sink is not None:
-                result.diff_norm_best = sink
+                result.diff_norm_best = diffs
             since_best = 0
         else:
             since_best += 1
         result.epochs_run = epoch + 1
         if on_epoch is not None:
             on_epoch(epoch, float(loss), val)
-        if not torch.isfinite(loss) or (config.patience is not None and since_best >= config.patience):
+        if not all(bool(torch.isfinite(g).all()) for g in grads):
+            result.diverged = True  # e.g. RBP's iteration (Alg. 1) blew up; do not apply the update
+            break
+        if config.patience is not None and since_best >= config.patience:
             break
         for p, g in zip(leaves, grads):
             p.grad = g
