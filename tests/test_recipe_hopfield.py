@@ -296,7 +296,13 @@ def test_quick_run_writes_curves_and_success_rates(quick_results: tuple[dict, Pa
 def test_plot_only_regenerates_figures_and_table(quick_results: tuple[dict, Path], tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     _, out_dir = quick_results
-    assert run.main(["--plot-only", str(out_dir / "results.json"), "--figdir", str(tmp_path),
+    table_only = tmp_path / "table_only.json"
+    results = json.loads((out_dir / "results.json").read_text())
+    table_only.write_text(json.dumps({"table": results["table"]}))
+    results.pop("table")
+    curves_only = tmp_path / "curves_only.json"
+    curves_only.write_text(json.dumps(results))
+    assert run.main(["--plot-only", str(curves_only), str(table_only), "--figdir", str(tmp_path),
                      "--fig-prefix", "again"]) == 0
     assert (tmp_path / "again_curves.png").is_file()
     assert (tmp_path / "again_retrieval.png").is_file()

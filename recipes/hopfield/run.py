@@ -84,10 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/hopfield.json"), help="results JSON")
     p.add_argument("--figdir", type=Path, default=None, help="where to write the PNG figures (default: none)")
     p.add_argument("--fig-prefix", default="hopfield", help="file-name prefix of the figures")
-    p.add_argument("--plot-only", type=Path, default=None, metavar="JSON",
-                   help="regenerate the figures and the table from a results JSON; no training")
+    p.add_argument("--plot-only", type=Path, nargs="+", default=None, metavar="JSON",
+                   help="regenerate the figures and tables from results JSON file(s), no training; "
+                        "with several files, curves and table come from the first file that has them")
     p.add_argument("--quick", action="store_true",
-                   help="tiny run for tests: 2 curve iterations, 1 trial of 1 iteration, truncation 10")
+                   help="tiny run for tests: 2 iterations, 1 trial, truncation 10")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return p
 
@@ -147,11 +148,14 @@ def run_curves(images: torch.Tensor, args: argparse.Namespace, progress: bool) -
 
 def run_table(images: torch.Tensor, args: argparse.Namespace, progress: bool,
               on_trial: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Table A1: success rate per method (BPTT has no truncation, so it is left out) and truncation."""
+    """Table A1: success rate per method (BPTT has no truncation, so it is left out) and truncation.
+
+    Trial ``i`` uses seed ``seed + 1 + i`` for the initialisation of ``A`` (and RBP's random start).
+    Corruption plays no part: success is judged on the (clean) training loss.
+    """
     methods = [m for m in args.methods if m != "bptt"]
     cells: dict[str, dict[str, Any]] = {
-        m: {str(k): {"initial": [], "final": [], "final_val": [], "success": []} for k in args.truncations}
-        for m in methods
+        m: {str(k): {"initial": [], "final": [], "success": []} for k in args.truncations} for m in methods
     }
     table = {"truncations": args.truncations, "iterations": args.iterations, "trials_requested": args.trials,
              "cells": cells}
@@ -159,24 +163,21 @@ def run_table(images: torch.Tensor, args: argparse.Namespace, progress: bool,
     bar = tqdm(total=total, desc="table", disable=not progress, file=sys.stderr)
     for trial in range(args.trials):
         seed = args.seed + 1 + trial
-        corrupted = corrupt(images, args.corrupt, generator=torch.Generator().manual_seed(seed))
         for method in methods:
             for k in args.truncations:
                 gen = torch.Generator().manual_seed(seed)
                 net = HopfieldNet.create(generator=gen, readout_mode=args.readout)
                 opt = torch.optim.Adam([net.A], lr=args.lr)
-                initial = float("nan")
-                for it in range(args.iterations):
+                losses = []
+                for _ in range(args.iterations):
                     loss, _ = train_step_grad(net, images, method, k, generator=gen)
                     opt.step()
-                    if it == 0:
-                        initial = loss
-                final = float(l1_loss(net.retrieve(images), images))
-                final_val, _ = _evaluate(net, corrupted, images)
+                    losses.append(loss)
+                # As the paper's code records it: the training loss of the first and the last iteration.
+                initial, final = losses[0], losses[-1]
                 cell = cells[method][str(k)]
                 cell["initial"].append(_finite(initial))
                 cell["final"].append(_finite(final))
-                cell["final_val"].append(_finite(final_val))
                 cell["success"].append(bool(math.isfinite(final) and final < 0.5 * initial))
                 bar.update(1)
                 bar.set_postfix(method=method, k=k, trial=trial)
@@ -289,17 +290,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.plot_only is not None:
-        try:
-            results = json.loads(args.plot_only.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            parser.exit(1, f"error: cannot read {args.plot_only}: {exc}\n")
+        results: dict[str, Any] = {}
+        for path in args.plot_only:
+            try:
+                part = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                parser.exit(1, f"error: cannot read {path}: {exc}\n")
+            for key in ("curves", "table"):
+                if part.get(key) and not results.get(key):
+                    results[key] = part[key]
         for path in make_figures(results, args.figdir or Path("."), args.fig_prefix):
             print(f"wrote {path}")
         print(curve_summary(results))
         print(success_table(results))
         return 0
     if args.quick:
-        args.trials, args.iterations, args.curve_iterations = 1, 1, 2
+        args.trials, args.iterations, args.curve_iterations = 1, 2, 2
         args.truncations, args.val_every = [10], 2
         args.curve_truncation = 10
     for name in ("trials", "iterations", "curve_iterations", "val_every", "curve_truncation"):
@@ -319,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
               if k not in ("data_root", "plot_only", "figdir", "out")}
     cli = sys.argv[1:] if argv is None else list(argv)
-    results: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "config": config,
+    results = {"schema_version": SCHEMA_VERSION, "config": config,
                                "command": "python -m recipes.hopfield.run " + " ".join(cli)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
