@@ -318,8 +318,11 @@ class FixedPoint(nn.Module):
     ) -> None:
         super().__init__()
         _check_method(method)
-        if forward_max_iter < 1:
-            raise ValueError(f"forward_max_iter must be >= 1, got {forward_max_iter}")
+        linalg._check_common(forward_max_iter, 0.0, "forward_max_iter")
+        if isinstance(forward_tol, bool) or not isinstance(forward_tol, (int, float)) or not (
+            math.isfinite(forward_tol) and forward_tol >= 0
+        ):
+            raise ValueError(f"forward_tol must be a finite number >= 0, got {forward_tol!r}")
         linalg._check_common(max_iter, tol)
         self.f = f
         self.method = method

@@ -119,21 +119,30 @@ def _make_info(
 
 
 def _rate(norms: list[float], window: int = 5) -> float:
-    """Geometric mean growth factor of the last ``window`` successive norms."""
-    if len(norms) < 2 or norms[-1 - min(window, len(norms) - 1)] <= 0:
+    """Geometric-mean growth factor of the last ``window`` successive norms.
+
+    Norms that have reached round-off (below ``eps * 10`` of the first) carry no
+    information about the operator and are ignored; ``nan`` when too few remain.
+    """
+    if not norms or not math.isfinite(norms[0]):
         return float("nan")
-    m = min(window, len(norms) - 1)
-    first, last = norms[-1 - m], norms[-1]
-    if not (math.isfinite(first) and math.isfinite(last)):
-        return float("inf")
-    if last == 0.0:
-        return 0.0
-    return (last / first) ** (1.0 / m)
+    floor = norms[0] * 10 * torch.finfo(torch.float64).eps
+    usable = []
+    for x in norms:
+        if not math.isfinite(x):
+            return float("inf")
+        if x <= floor:
+            break
+        usable.append(x)
+    if len(usable) < 2:
+        return float("nan")
+    m = min(window, len(usable) - 1)
+    return (usable[-1] / usable[-1 - m]) ** (1.0 / m)
 
 
-def _check_common(max_iter: int, tol: float) -> None:
+def _check_common(max_iter: int, tol: float, name: str = "max_iter") -> None:
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+        raise ValueError(f"{name} must be an integer >= 1, got {max_iter!r}")
     if not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
 
@@ -387,7 +396,7 @@ def power_iteration(apply_m: LinearOperator, v0: Tree, *, num_iter: int = 10) ->
     Returns the geometric-mean growth factor of the last iterates (``inf``
     when they overflow). Uses only products with ``M``.
     """
-    _check_common(num_iter, 0.0)
+    _check_common(num_iter, 0.0, "num_iter")
     v = v0
     n0 = tree_norm(v)
     if n0 == 0.0:

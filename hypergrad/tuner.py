@@ -477,7 +477,7 @@ class Tuner:
         if bad:
             policy = cfg.on_divergence
             if policy == "stop":
-                self._record(k, t0, val_loss, train_loss, float(meta_loss), gnorm, stats, events, "stop")
+                self._record(k, t0, current, val_loss, train_loss, float(meta_loss), gnorm, stats, events, "stop")
                 raise DivergenceError(f"meta step {k}: {', '.join(bad)} (on_divergence='stop')")
             if policy == "clip" and bad == ["exploding_hypergrad"]:
                 scale = (cfg.clip or 1.0) / gnorm
@@ -504,7 +504,7 @@ class Tuner:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         self.step_count += 1
-        record = self._record(k, t0, val_loss, train_loss, float(meta_loss), gnorm, stats, events, action)
+        record = self._record(k, t0, current, val_loss, train_loss, float(meta_loss), gnorm, stats, events, action)
         for cb in self.callbacks:
             if hasattr(cb, "on_meta_step"):
                 cb.on_meta_step(self, record)
@@ -514,6 +514,7 @@ class Tuner:
         self,
         k: int,
         t0: float,
+        hparams: Tree,
         val_loss: float,
         train_loss: float,
         meta_loss: float,
@@ -539,7 +540,7 @@ class Tuner:
             "action": action,
             "meta_lr": self._meta_lr(),
             "seconds": time.perf_counter() - t0,
-            "hyperparameters": self.spec.describe(self.hparams),
+            "hyperparameters": self.spec.describe(hparams),  # those this step evaluated
         }
         self.history.append(record)
         return record

@@ -363,9 +363,6 @@ def test_bad_input(name: str, kwargs: dict, match: str) -> None:
         run(name, mat, rhs(), **kwargs)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="power_iteration validates num_iter via _check_common, whose message says 'max_iter'"
-)
 def test_power_iteration_bad_num_iter_names_num_iter() -> None:
     b = rhs()
     with pytest.raises(ValueError, match=r"num_iter"):
