@@ -1,6 +1,7 @@
 """Command-line interface: ``hypergrad <command> ...``.
 
-Commands: ``tune`` (the main job), ``check-grad`` (hypergradient fidelity against BPTT).
+Commands: ``tune`` (the main job), ``check-grad`` (hypergradient fidelity against BPTT),
+``compare`` (hypergradients against Optuna samplers at a matched budget).
 
 Exit codes:
   0  success
@@ -260,9 +261,16 @@ def cmd_check_grad(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from hypergrad.compare import cmd_compare as run_compare
+
+    return run_compare(args)
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "tune": (cmd_tune, "tune per-tensor learning rates and momenta of an MLP"),
     "check-grad": (cmd_check_grad, "compare every method's hypergradient with BPTT's"),
+    "compare": (cmd_compare, "hypergradient methods against Optuna samplers at a matched budget"),
 }
 
 
@@ -282,6 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text,
                            epilog=parser.epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+        if name == "compare":
+            from hypergrad.compare import add_compare_arguments
+
+            add_compare_arguments(p)
+            continue
         _add_problem_flags(p)
         if name == "tune":
             _add_tune_flags(p)
