@@ -466,6 +466,8 @@ def plot(runs: Sequence[dict[str, Any]], methods: Sequence[str], path: str | Pat
         for ax, grid, fn in ((axes[0], grid_c, best_at), (axes[1], grid_s, best_at_seconds)):
             vals = np.array([[np.nan if (v := fn(t, x)) is None else v for x in grid] for t in ts], dtype=float)
             ok = ~np.isnan(vals).any(axis=0)
+            if fn is best_at_seconds:  # a curve ends where its slowest seed ended
+                ok &= grid <= max(t.seconds[-1] for t in ts)
             if not ok.any():
                 continue
             mean, std = vals[:, ok].mean(0), vals[:, ok].std(0)

@@ -276,3 +276,13 @@ def test_two_worker_processes_on_one_journal_file_lose_no_trial(tmp_path, repo_r
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     # The budget is shared: a worker stops once the study has spent it (at most one trial over per worker).
     assert budget <= len(numbers) <= budget + 1
+
+
+def test_parallel_threads_share_the_budget():
+    tuner = tiny_tuner()
+    study = create_or_load_study(storage=None, study_name=None, sampler=make_sampler("tpe", 0))
+    mine = run_study(study, OptunaObjective(tuner), budget=6, n_jobs=2)
+    assert len(mine) == len(study.trials) == 6
+    assert sorted(t.number for t in study.trials) == list(range(6))
+    with pytest.raises(ValueError, match="n_jobs"):
+        run_study(study, OptunaObjective(tuner), budget=7, n_jobs=0)
