@@ -1,0 +1,87 @@
+"""The §5.3 recipe: grid parsing, one tiny grid on digits in both settings, resume, the summary and plots."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from recipes.hyperopt_mnist import plot as hplot
+from recipes.hyperopt_mnist import run as hrun
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:matplotlib")
+
+
+def test_recipe_file_is_the_papers_setting():
+    recipe = hrun.load_recipe()
+    assert recipe["dataset"] == "mnist" and recipe["n_train"] == 10_000 and recipe["hidden"] == [50, 50, 50]
+    assert recipe["methods"] == ["bptt", "tbptt", "rbp", "cg", "neumann"] and len(recipe["seeds"]) >= 3
+    assert {(g["inner_steps"], g["truncate"]) for g in recipe["grid"]} >= {(100, 50), (1000, 50), (1500, 100)}
+    assert recipe["settings"]["paper"] == {"meta_loss": "train", "fixed_point_batch": "full", "batch_size": 200}
+    assert recipe["settings"]["default"]["meta_loss"] == "val"
+
+
+def test_parse_grid_and_bad_input(tmp_path):
+    assert hrun.parse_grid("100x50, 1500x100") == [(100, 50), (1500, 100)]
+    for bad in ("100", "50x100", "ax3", "0x0"):
+        with pytest.raises(ValueError, match="TxK"):
+            hrun.parse_grid(bad)
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('dataset = "mnist"\nmethods = ["bptt", "magic"]\nseeds = [0]\ngrid = []\n[settings.default]\n')
+    with pytest.raises(ValueError, match="unknown method 'magic'"):
+        hrun.load_recipe(cfg)
+
+
+def test_jobs_order_and_meta_steps_per_setting():
+    recipe = hrun.load_recipe()
+    jobs = hrun.jobs_from(recipe, ["paper", "default"], [(100, 50)], ["bptt", "neumann"], [0, 1], None)
+    assert [(j.setting, j.seed, j.method) for j in jobs[:4]] == [
+        ("paper", 0, "bptt"), ("paper", 0, "neumann"), ("paper", 1, "bptt"), ("paper", 1, "neumann")]
+    point = next(g for g in recipe["grid"] if (g["inner_steps"], g["truncate"]) == (100, 50))
+    assert {j.meta_steps for j in jobs if j.setting == "paper"} == {point["meta_steps"]["paper"]}
+    assert {j.meta_steps for j in hrun.jobs_from(recipe, ["paper"], None, ["bptt"], [0], 2)} == {2}
+
+
+def test_tiny_grid_on_digits_runs_resumes_and_plots(tmp_path):
+    out = tmp_path / "runs"
+    argv = ["--dataset", "digits", "--grid", "12x4", "--methods", "bptt,tbptt,neumann", "--seeds", "0,1",
+            "--meta-steps", "2", "--out-dir", str(out)]
+    assert hrun.main(argv) == 0
+    files = sorted(out.glob("*/T12_K4/*.json"))
+    assert len(files) == 2 * 3 * 2  # settings x methods x seeds
+    runs = {f: json.loads(f.read_text()) for f in files}
+    for run in runs.values():
+        assert len(run["history"]) == 2 and run["num_hyperparameters"] == 16
+        assert math.isfinite(run["final_meta_loss"]) and math.isfinite(run["final_train_loss"])
+        if run["job"]["setting"] == "paper":  # the meta loss is the training loss there
+            assert run["config"]["meta_loss"] == "train" and run["config"]["fixed_point_batch"] == "full"
+            assert run["final_meta_loss"] == pytest.approx(run["final_train_loss"])
+    # The same seed gives every method the same first inner run, hence the same first meta loss.
+    for setting in ("paper", "default"):
+        for seed in (0, 1):
+            first = {r["job"]["method"]: r["history"][0]["meta_loss"] for r in runs.values()
+                     if r["job"]["setting"] == setting and r["job"]["seed"] == seed}
+            assert len(first) == 3 and max(first.values()) - min(first.values()) < 1e-6
+    # BPTT through all T=12 steps differs from TBPTT(4): the second meta loss differs.
+    b = next(r for r in runs.values() if r["job"]["method"] == "bptt" and r["job"]["setting"] == "default")
+    t = next(r for r in runs.values() if r["job"]["method"] == "tbptt" and r["job"]["setting"] == "default"
+             and r["job"]["seed"] == b["job"]["seed"])
+    assert b["history"][1]["meta_loss"] != t["history"][1]["meta_loss"]
+    # Resume: finished runs are skipped and left untouched.
+    stamps = {f: f.stat().st_mtime_ns for f in files}
+    assert hrun.main(argv) == 0
+    assert {f: f.stat().st_mtime_ns for f in files} == stamps
+    # Summary, table and figures.
+    rows = hplot.summarize(hplot.load_runs(out))
+    assert len(rows) == 2 * 3 and all(r["seeds"] == [0, 1] for r in rows)
+    assert "| default | 12 | 4 | Neumann-RBP | 2 | 2 |" in hplot.markdown(rows)
+    figdir = tmp_path / "fig"
+    (out / "checkgrad_default_T12_K4.json").write_text(json.dumps({"rows": [
+        {"method": "bptt", "cosine_vs_bptt": 1.0, "rel_error_vs_bptt": 0.0, "norm": 1.0, "seconds": 0.1},
+        {"method": "neumann", "cosine_vs_bptt": 0.5, "rel_error_vs_bptt": 0.9, "norm": 1.0, "seconds": 0.1}]}))
+    assert hplot.main(["--runs", str(out), "--figdir", str(figdir), "--summary", str(tmp_path / "s.json")]) == 0
+    assert (figdir / "hyperopt_default.png").stat().st_size > 0 and (figdir / "hyperopt_paper.png").exists()
+    assert (figdir / "hyperopt_cosine.png").exists()
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert [r["cosine_vs_bptt"] for r in summary["check_grad"]] == [1.0, 0.5]
