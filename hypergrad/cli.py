@@ -86,7 +86,9 @@ def _add_problem_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=_nonneg_int, default=None, help="seed of data split, model init, batches (0)")
     g.add_argument("--meta-loss", choices=("val", "train"), default=None, help="meta loss (val)")
     g.add_argument(
-        "--fixed-point-batch", choices=("minibatch", "full"), default=None,
+        "--fixed-point-batch",
+        choices=("minibatch", "full"),
+        default=None,
         help="RBP step map on M minibatches or on the full training set (minibatch)",
     )
 
@@ -107,12 +109,36 @@ def _add_tune_flags(p: argparse.ArgumentParser) -> None:
     o.add_argument("--resume", default=None, metavar="DIR", help="continue the run checkpointed in DIR")
     o.add_argument("--overwrite", action="store_true", help="start afresh even if --logdir has a checkpoint")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d = p.add_argument_group("distributed (under torchrun)")
+    d.add_argument(
+        "--dist-backend",
+        choices=("auto", "gloo", "nccl"),
+        default="auto",
+        help="torch.distributed backend when launched by torchrun (auto: nccl with CUDA, else gloo)",
+    )
 
 
 _FLAG_KEYS = (
-    "dataset", "data_root", "n_train", "hidden", "per", "batch_size", "inner_steps", "truncate",
-    "hyper_batches", "seed", "meta_loss", "fixed_point_batch", "method", "meta_steps", "meta_lr",
-    "lr_schedule", "clip", "on_divergence", "logdir", "out",
+    "dataset",
+    "data_root",
+    "n_train",
+    "hidden",
+    "per",
+    "batch_size",
+    "inner_steps",
+    "truncate",
+    "hyper_batches",
+    "seed",
+    "meta_loss",
+    "fixed_point_batch",
+    "method",
+    "meta_steps",
+    "meta_lr",
+    "lr_schedule",
+    "clip",
+    "on_divergence",
+    "logdir",
+    "out",
 )
 
 
@@ -144,6 +170,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from hypergrad.callbacks import LoggingCallback, ProgressBar, TensorBoardLogger
     from hypergrad.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
     from hypergrad.config import build_configs, validate_keys
+    from hypergrad.distributed import init_from_env, launched_by_torchrun
     from hypergrad.tuner import DivergenceError, Tuner
     from hypergrad.workloads import build_problem
 
@@ -157,33 +184,44 @@ def cmd_tune(args: argparse.Namespace) -> int:
     else:
         values = _collect(args)
     cfg, run = build_configs(values)
+    parallel = None
+    if launched_by_torchrun():
+        parallel = init_from_env(args.dist_backend)
+    main_rank = parallel is None or parallel.is_main
     logdir = Path(run.logdir) if run.logdir else None
     if logdir is not None and state is None and (logdir / CHECKPOINT_NAME).exists() and not args.overwrite:
         raise UsageError(
             f"{str(logdir)!r} already holds a checkpoint; continue it with --resume {logdir}, "
             "or pass --overwrite / another --logdir"
         )
-    problem, split = build_problem(run, cfg)
-    callbacks: list[Any] = [LoggingCallback()]
-    if not args.no_progress:
+    if logdir is not None and state is None and parallel is not None:
+        parallel.barrier()  # every rank checks the folder before rank 0 writes to it
+    problem, split = build_problem(run, cfg, parallel=parallel)
+    callbacks: list[Any] = []
+    if main_rank:
+        callbacks.append(LoggingCallback())
+    if main_rank and not args.no_progress:
         callbacks.append(ProgressBar())
     tuner = Tuner(problem, cfg, callbacks=callbacks, x_test=split.x_test, y_test=split.y_test)
     if state is not None:
         tuner.load_state_dict(state["tuner"])
-    if logdir is not None:
+    if logdir is not None and main_rank:
         tuner.callbacks.append(TensorBoardLogger(logdir, global_step_offset=tuner.step_count))
     saved_values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
 
     def checkpoint(t: Tuner) -> None:
-        if logdir is not None:
+        if logdir is not None and main_rank:
             save_checkpoint(logdir, {"run": saved_values, "tuner": t.state_dict()})
 
-    print(
-        f"tuning {cfg.per} learning rates and momenta ({problem.spec.num_hyperparameters} hyperparameters) "
-        f"of an MLP {split.num_features}-{'-'.join(map(str, run.hidden))}-{split.num_classes} on {run.dataset} "
-        f"with {cfg.method} (T={cfg.inner_steps}, K={cfg.truncate}, M={cfg.hyper_batches}, N={cfg.meta_steps})",
-        file=sys.stderr,
-    )
+    if parallel is not None and main_rank:
+        print(f"data-parallel over {parallel.world_size} processes (torch.distributed)", file=sys.stderr)
+    if main_rank:
+        print(
+            f"tuning {cfg.per} learning rates and momenta ({problem.spec.num_hyperparameters} hyperparameters) "
+            f"of an MLP {split.num_features}-{'-'.join(map(str, run.hidden))}-{split.num_classes} on {run.dataset} "
+            f"with {cfg.method} (T={cfg.inner_steps}, K={cfg.truncate}, M={cfg.hyper_batches}, N={cfg.meta_steps})",
+            file=sys.stderr,
+        )
     code = EXIT_OK
     try:
         result = tuner.run(on_checkpoint=checkpoint)
@@ -191,6 +229,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"hypergrad: error: {exc}; the best hyperparameters so far are kept", file=sys.stderr)
         result = tuner.finish()
         code = EXIT_DIVERGED
+    if parallel is not None:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+        if not main_rank:
+            return code
     out = run.out or (str(logdir / "results.json") if logdir is not None else None)
     summary = result.to_json()
     summary["run"] = saved_values
@@ -242,19 +286,29 @@ def cmd_check_grad(args: argparse.Namespace) -> int:
             ref = grad
         cos = float(tree_dot(grad, ref)) / max(tree_norm(grad) * tree_norm(ref), 1e-300)
         rel = tree_norm(tuple(a - b for a, b in zip(grad, ref))) / max(tree_norm(ref), 1e-300)
-        rows.append({
-            "method": m, "cosine_vs_bptt": cos, "rel_error_vs_bptt": rel, "norm": tree_norm(grad),
-            "seconds": seconds, "meta_loss": float(loss),
-            "solver": stats.get("solver"),
-            "grad": [g.tolist() for g in grad],
-        })
-    print(f"hypergradients at the initial hyperparameters ({run.dataset}, T={cfg.inner_steps}, K={cfg.truncate}, "
-          f"M={cfg.hyper_batches}, seed {cfg.seed}); reference: BPTT")
+        rows.append(
+            {
+                "method": m,
+                "cosine_vs_bptt": cos,
+                "rel_error_vs_bptt": rel,
+                "norm": tree_norm(grad),
+                "seconds": seconds,
+                "meta_loss": float(loss),
+                "solver": stats.get("solver"),
+                "grad": [g.tolist() for g in grad],
+            }
+        )
+    print(
+        f"hypergradients at the initial hyperparameters ({run.dataset}, T={cfg.inner_steps}, K={cfg.truncate}, "
+        f"M={cfg.hyper_batches}, seed {cfg.seed}); reference: BPTT"
+    )
     print(f"{'method':<8} {'cosine':>8} {'rel.err':>10} {'norm':>10} {'seconds':>8}")
     for r in rows:
         if r["method"] in methods or r["method"] == "bptt":
-            print(f"{r['method']:<8} {r['cosine_vs_bptt']:>8.4f} {r['rel_error_vs_bptt']:>10.4f} "
-                  f"{r['norm']:>10.4g} {r['seconds']:>8.2f}")
+            print(
+                f"{r['method']:<8} {r['cosine_vs_bptt']:>8.4f} {r['rel_error_vs_bptt']:>10.4f} "
+                f"{r['norm']:>10.4g} {r['seconds']:>8.2f}"
+            )
     if args.out:
         _write_json(args.out, {"config": cfg.to_dict(), "run": {"dataset": run.dataset}, "rows": rows})
     del torch
@@ -283,13 +337,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     parser.add_argument(
-        "--threads", type=_positive_int, default=1,
+        "--threads",
+        type=_positive_int,
+        default=1,
         help="torch intra-op threads (default 1: fastest for small models on a shared CPU)",
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, (_, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text,
-                           epilog=parser.epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=parser.epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         if name == "compare":
             from hypergrad.compare import add_compare_arguments
 
@@ -299,8 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "tune":
             _add_tune_flags(p)
         if name == "check-grad":
-            p.add_argument("--methods", default="bptt,tbptt,rbp,cg,neumann,gmres",
-                           help="comma-separated methods to compare")
+            p.add_argument(
+                "--methods", default="bptt,tbptt,rbp,cg,neumann,gmres", help="comma-separated methods to compare"
+            )
             p.add_argument("--out", default=None, metavar="FILE", help="JSON with every hypergradient")
     return parser
 

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from hypergrad._tree import Tree
+from hypergrad.distributed import DataParallel
 from hypergrad.hyperparams import HyperSpec
 
 __all__ = ["InnerProblem", "batch_indices"]
@@ -57,6 +58,9 @@ class InnerProblem:
         x_val, y_val: validation inputs and targets (the default meta loss).
         batch_size: inner minibatch size.
         per: hyperparameter granularity (see :mod:`hypergrad.hyperparams`).
+        parallel: data-parallel context under ``torchrun``: :meth:`train` then uses
+            this rank's shard of every minibatch and averages the gradients over
+            ranks (:mod:`hypergrad.distributed`). ``None``: one process.
     """
 
     model: nn.Module
@@ -67,6 +71,7 @@ class InnerProblem:
     y_val: Tensor
     batch_size: int = 100
     per: str = "tensor"
+    parallel: DataParallel | None = None
     spec: HyperSpec = field(init=False)
     w0: tuple[Tensor, ...] = field(init=False)
     buffers: dict[str, Tensor] = field(init=False)
@@ -137,8 +142,11 @@ class InnerProblem:
         """Run the inner loop over ``batches`` (rows of indices) without a graph.
 
         The hot path: in-place foreach updates on a private copy of the state,
-        with the learning rates and momenta fixed for the run.
+        with the learning rates and momenta fixed for the run. Under
+        ``parallel``, each rank computes the gradient on its shard of every row
+        and the gradients are averaged over ranks before the update.
         """
+        par = self.parallel
         n = self.num_tensors
         h = self.initial_state() if state is None else tuple(t.detach().clone() for t in state)
         w, v = list(h[:n]), list(h[n:])
@@ -151,11 +159,15 @@ class InnerProblem:
             else:
                 lrs_s, moms_s, neg_damp = lrs, moms, [-(1.0 - b) for b in moms]
             for t, idx in enumerate(batches):
+                if par is not None:
+                    idx = par.shard(idx)
                 x, y = self.x_train[idx], self.y_train[idx]
                 with torch.enable_grad():
                     w_in = [wi.requires_grad_(True) for wi in w]
                     loss = self.loss(w_in, x, y)
                     grads = torch.autograd.grad(loss, w_in)
+                if par is not None:
+                    par.all_reduce_mean_(grads)
                 for wi in w:
                     wi.requires_grad_(False)
                 torch._foreach_mul_(v, moms_s)

@@ -257,6 +257,11 @@ class Tuner:
     ) -> None:
         if problem.per != config.per:
             raise ValueError(f"problem granularity {problem.per!r} differs from config.per {config.per!r}")
+        if problem.parallel is not None and config.method in UNROLLED_METHODS:
+            raise ValueError(
+                f"method {config.method!r} is not supported with torch.distributed (it would need differentiable "
+                f"collectives through all inner steps); use one of {', '.join(IMPLICIT_METHODS)}"
+            )
         self.problem = problem
         self.config = config
         self.callbacks = list(callbacks)
@@ -364,8 +369,10 @@ class Tuner:
             gw = torch.autograd.grad(meta_loss, w_leaf)
         state_grad = tuple(gw) + tuple(torch.zeros_like(v) for v in h_t[n:])
         hyper_sets = self.hyper_batches(salt)
+        par = problem.parallel
+        mine = hyper_sets[par.rank :: par.world_size] if par is not None else hyper_sets
         grads, infos = [], []
-        for x, y in hyper_sets:
+        for x, y in mine:
 
             def step(state: Tree, p: Tree, x: Tensor = x, y: Tensor = y) -> Tree:
                 return problem.step(state, p, x, y)
@@ -381,19 +388,32 @@ class Tuner:
             )
             grads.append(g)
             infos.append(info)
-        mean = tuple(torch.stack(parts).mean(0) for parts in zip(*grads))
-        if len(grads) > 1:
-            std = tuple(torch.stack(parts).std(0) for parts in zip(*grads))
-            stats["hypergrad_spread"] = tree_norm(std) / max(tree_norm(mean), 1e-30)
+        count = len(hyper_sets)
+        sums = [torch.zeros_like(h) for h in hp]
+        squares = [torch.zeros_like(h) for h in hp]
+        for g in grads:
+            for s_, q_, gi in zip(sums, squares, g):
+                s_.add_(gi)
+                q_.add_(gi * gi)
+        if par is not None:  # the meta update is identical on every rank
+            reduced = par.all_reduce_sum(sums + squares)
+            sums, squares = reduced[: len(hp)], reduced[len(hp) :]
+        mean = tuple(s_ / count for s_ in sums)
+        if count > 1:
+            var = tuple(((q_ - count * m * m) / (count - 1)).clamp_min(0) for q_, m in zip(squares, mean))
+            stats["hypergrad_spread"] = tree_norm(tuple(v.sqrt() for v in var)) / max(tree_norm(mean), 1e-30)
         else:
             stats["hypergrad_spread"] = 0.0
+        diverged = any(i.diverged for i in infos)
+        if par is not None:
+            diverged = par.any(diverged)
         finite_rho = [i.spectral_radius for i in infos if not math.isnan(i.spectral_radius)]
         stats["solver"] = {
             "method": method,
-            "iterations": float(sum(i.iterations for i in infos) / len(infos)),
-            "residual": max(i.residual for i in infos),
+            "iterations": float(sum(i.iterations for i in infos) / max(len(infos), 1)),
+            "residual": max((i.residual for i in infos), default=0.0),
             "converged": all(i.converged for i in infos),
-            "diverged": any(i.diverged for i in infos),
+            "diverged": diverged,
             "stop_reasons": sorted({i.stop_reason for i in infos}),
             "spectral_radius": max(finite_rho) if finite_rho else float("nan"),
         }

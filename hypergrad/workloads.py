@@ -11,6 +11,7 @@ from torch import nn
 
 from hypergrad.config import RunConfig
 from hypergrad.data import Split, default_data_root, load_digits_split, load_mnist_split
+from hypergrad.distributed import DataParallel
 from hypergrad.inner import InnerProblem
 from hypergrad.tuner import TuneConfig
 
@@ -34,13 +35,19 @@ def load_split(run: RunConfig, seed: int) -> Split:
     return load_mnist_split(root, n_train=run.n_train or 10_000, seed=seed)
 
 
-def build_problem(run: RunConfig, cfg: TuneConfig, split: Split | None = None) -> tuple[InnerProblem, Split]:
-    """The inner problem of a CLI run; the model is initialised from ``cfg.seed``."""
+def build_problem(
+    run: RunConfig, cfg: TuneConfig, split: Split | None = None, parallel: DataParallel | None = None
+) -> tuple[InnerProblem, Split]:
+    """The inner problem of a CLI run; the model is initialised from ``cfg.seed``.
+
+    Every rank of a data-parallel run calls this with the same arguments, so all
+    ranks hold the same split, initial weights and minibatch order.
+    """
     split = split if split is not None else load_split(run, cfg.seed)
     torch.manual_seed(cfg.seed)
     model = mlp(split.num_features, run.hidden, split.num_classes)
     problem = InnerProblem(
         model, F.cross_entropy, split.x_train, split.y_train, split.x_val, split.y_val,
-        batch_size=cfg.batch_size, per=cfg.per,
+        batch_size=cfg.batch_size, per=cfg.per, parallel=parallel,
     )
     return problem, split
