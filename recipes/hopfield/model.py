@@ -28,8 +28,9 @@ out of the 50-step loop (each step is one ``(B, 1808) x (1808, 1808)`` product).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -96,6 +97,7 @@ class HopfieldNet:
     b: float = 0.5
     num_steps: int = 50
     readout_mode: str = "sigmoid"
+    _mask: Tensor | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.readout_mode not in READOUTS:
@@ -104,7 +106,7 @@ class HopfieldNet:
     @classmethod
     def create(cls, *, n_obs: int = 784, n_hidden: int = 1024, n_out: int = 784, init_scale: float = 1e-3,
                generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
-               **kwargs: float | int) -> HopfieldNet:
+               **kwargs: Any) -> HopfieldNet:
         """A network with ``A ~ init_scale * N(0, 1)`` (the paper's code uses 1e-3)."""
         for name, n in (("n_obs", n_obs), ("n_hidden", n_hidden), ("n_out", n_out)):
             if n < 1:
@@ -113,7 +115,7 @@ class HopfieldNet:
             raise ValueError(f"init_scale must be >= 0, got {init_scale}")
         n = n_obs + n_hidden + n_out
         A = (torch.randn(n, n, generator=generator, dtype=dtype) * init_scale).requires_grad_(True)
-        return cls(A, n_obs, n_hidden, n_out, **kwargs)  # type: ignore[arg-type]
+        return cls(A, n_obs, n_hidden, n_out, **kwargs)
 
     @property
     def n_free(self) -> int:
@@ -138,11 +140,9 @@ class HopfieldNet:
         return w_ff, drive
 
     def _offdiag_mask(self) -> Tensor:
-        mask = getattr(self, "_mask", None)
-        if mask is None or mask.dtype != self.A.dtype:
-            mask = 1.0 - torch.eye(self.n_free, dtype=self.A.dtype)
-            self._mask = mask
-        return mask
+        if self._mask is None or self._mask.dtype != self.A.dtype:
+            self._mask = 1.0 - torch.eye(self.n_free, dtype=self.A.dtype)
+        return self._mask
 
     def step_fn(self) -> Callable[[tuple[Tensor, ...], tuple[Tensor, ...]], tuple[Tensor]]:
         a, b = self.a, self.b
