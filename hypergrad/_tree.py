@@ -75,7 +75,7 @@ def tree_norm(a: Tree) -> float:
     """
     if not a:
         return 0.0
-    norms = torch.stack([torch.linalg.vector_norm(x.detach().to(torch.float64)) for x in a])
+    norms = torch.stack([torch.linalg.vector_norm(x.detach(), dtype=torch.float64) for x in a])
     return float(torch.linalg.vector_norm(norms))
 
 
