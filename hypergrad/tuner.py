@@ -25,6 +25,7 @@ never reports worse hyperparameters than it started with.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -54,6 +55,7 @@ UNROLLED_METHODS = ("bptt", "tbptt")
 IMPLICIT_METHODS = ("rbp", "cg", "neumann", "gmres")
 TUNE_METHODS = UNROLLED_METHODS + IMPLICIT_METHODS
 DIVERGENCE_POLICIES = ("backoff", "skip", "clip", "fallback", "stop")
+logger = logging.getLogger("hypergrad")
 
 
 class DivergenceError(RuntimeError):
@@ -572,6 +574,18 @@ class Tuner:
         final = tuple(h.detach().clone() for h in self.hparams)
         evaluation = {"initial": self.evaluate(initial), "best": self.evaluate(self.best)}
         evaluation["final"] = self.evaluate(final)
+        init_val, final_val = evaluation["initial"]["val_loss"], evaluation["final"]["val_loss"]
+        blown = not _finite(final_val) or (
+            self.config.blowup_ratio is not None and final_val > self.config.blowup_ratio * init_val
+        )
+        if blown and self.config.on_divergence != "stop":
+            # The last update was never guarded by a meta step: apply the guard here.
+            logger.warning("after the last meta step: validation loss %.4g blew up; restoring the best", final_val)
+            with torch.no_grad():
+                for h, b in zip(self.hparams, self.best):
+                    h.copy_(b)
+            final = tuple(b.clone() for b in self.best)
+            evaluation["final"] = dict(evaluation["best"], reverted=1.0)
         # The final hyperparameters were never evaluated during the loop: they may be the best.
         if evaluation["final"]["val_loss"] < evaluation["best"]["val_loss"]:
             self.best, self.best_step = final, len(self.history)

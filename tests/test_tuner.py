@@ -178,3 +178,16 @@ def test_state_dict_round_trip_continues_bitwise():
     assert [r["meta_loss"] for r in a.history] == [r["meta_loss"] for r in c.history]
     for x, y in zip(a.hparams, c.hparams):
         assert torch.equal(x, y)
+
+
+def test_finish_reverts_a_blown_up_last_update_to_the_best():
+    tuner = tiny_tuner(method="neumann", inner_steps=15, truncate=3, meta_steps=2)
+    tuner.meta_step()
+    tuner.meta_step()
+    with torch.no_grad():  # as if the last Adam step had jumped to a diverging learning rate
+        tuner.hparams[0].fill_(math.log(1e4))
+    result = tuner.finish()
+    assert result.evaluation["final"].get("reverted") == 1.0
+    for f, b in zip(result.final, result.best):
+        assert torch.equal(f, b)
+    assert math.isfinite(result.evaluation["final"]["val_loss"])
