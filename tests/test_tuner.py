@@ -185,7 +185,8 @@ def test_finish_reverts_a_blown_up_last_update_to_the_best():
     tuner.meta_step()
     tuner.meta_step()
     with torch.no_grad():  # as if the last Adam step had jumped to a diverging learning rate
-        tuner.hparams[0].fill_(math.log(1e4))
+        for log_lr in tuner.spec.split(tuner.hparams)[0]:
+            log_lr.fill_(math.log(1e4))
     result = tuner.finish()
     assert result.evaluation["final"].get("reverted") == 1.0
     for f, b in zip(result.final, result.best):
