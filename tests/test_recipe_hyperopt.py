@@ -85,3 +85,17 @@ def test_tiny_grid_on_digits_runs_resumes_and_plots(tmp_path):
     assert (figdir / "hyperopt_cosine.png").exists()
     summary = json.loads((tmp_path / "s.json").read_text())
     assert [r["cosine_vs_bptt"] for r in summary["check_grad"]] == [1.0, 0.5]
+
+
+def test_parse_checkgrad_stdout_reads_each_table():
+    block = ("hypergradients at the initial hyperparameters (mnist, T={t}, K=50, M=4, seed 0); reference: BPTT\n"
+             "method     cosine    rel.err       norm  seconds\n"
+             "bptt       1.0000     0.0000     0.0121    11.07\n"
+             "neumann    {c}     1.0484   0.004617     4.24\n")
+    text = "noise\n" + block.format(t=1000, c="0.0608") + "hypergrad: error: x\n" + block.format(t=100, c="-0.5000")
+    rows = hplot.parse_checkgrad_stdout(text, ["default", "paper"])
+    assert [(r["setting"], r["inner_steps"], r["method"], r["cosine_vs_bptt"]) for r in rows] == [
+        ("default", 1000, "bptt", 1.0), ("default", 1000, "neumann", 0.0608),
+        ("paper", 100, "bptt", 1.0), ("paper", 100, "neumann", -0.5)]
+    with pytest.raises(ValueError, match="2 check-grad tables but 1 settings"):
+        hplot.parse_checkgrad_stdout(text, ["default"])

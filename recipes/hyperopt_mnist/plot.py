@@ -132,6 +132,33 @@ def load_checkgrad(root: Path) -> list[dict[str, Any]]:
     return rows
 
 
+_CG_HEADER = re.compile(r"hypergradients at the initial hyperparameters \((\w+), T=(\d+), K=(\d+), M=(\d+), "
+                        r"seed (\d+)\); reference: BPTT")
+
+
+def parse_checkgrad_stdout(text: str, settings: list[str]) -> list[dict[str, Any]]:
+    """Rows from the table that ``hypergrad check-grad`` prints, one block per entry of ``settings``.
+
+    The printed header names the data set, T, K, M and the seed but not the meta-loss setting, so
+    the caller names the setting of each block, in order.
+    """
+    rows: list[dict[str, Any]] = []
+    blocks = _CG_HEADER.split(text)[1:]
+    n_blocks = len(blocks) // 6
+    if n_blocks != len(settings):
+        raise ValueError(f"found {n_blocks} check-grad tables but {len(settings)} settings were named")
+    for i, setting in enumerate(settings):
+        _, t, k, _, seed, body = blocks[6 * i: 6 * i + 6]
+        for line in body.splitlines():
+            parts = line.split()
+            if len(parts) == 5 and parts[0] in ORDER:
+                rows.append({"setting": setting, "inner_steps": int(t), "truncate": int(k), "seed": int(seed),
+                             "method": parts[0], "cosine_vs_bptt": float(parts[1]),
+                             "rel_error_vs_bptt": float(parts[2]), "norm": float(parts[3]),
+                             "seconds": float(parts[4])})
+    return rows
+
+
 def plot_cosine(rows: list[dict[str, Any]], path: Path) -> bool:
     import matplotlib
 
@@ -171,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkgrad", type=Path, default=None, help="folder with checkgrad_*.json (default: --runs)")
     p.add_argument("--figdir", type=Path, default=Path("docs/results"))
     p.add_argument("--summary", type=Path, default=None, help="JSON with the table rows")
+    p.add_argument("--checkgrad-stdout", type=Path, default=None,
+                   help="saved output of one or more `hypergrad check-grad` runs (instead of their --out JSON)")
+    p.add_argument("--checkgrad-settings", default="",
+                   help="comma list naming the setting (paper/default) of each table in --checkgrad-stdout")
     args = p.parse_args(argv)
     runs = load_runs(args.runs)
     if not runs:
@@ -179,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     for setting in sorted({k[0] for k in runs}):
         plot_curves(runs, setting, args.figdir / f"hyperopt_{setting}.png")
     cos = load_checkgrad(args.checkgrad or args.runs)
+    if args.checkgrad_stdout is not None:
+        try:
+            cos += parse_checkgrad_stdout(args.checkgrad_stdout.read_text(),
+                                          [s for s in args.checkgrad_settings.split(",") if s])
+        except (OSError, ValueError) as exc:
+            p.error(str(exc))
     if cos:
         plot_cosine(cos, args.figdir / "hyperopt_cosine.png")
     table = markdown(rows)
