@@ -299,8 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for key in ("curves", "table"):
                 if part.get(key) and not results.get(key):
                     results[key] = part[key]
-        for path in make_figures(results, args.figdir or Path("."), args.fig_prefix):
-            print(f"wrote {path}")
+        if args.figdir is not None:
+            for path in make_figures(results, args.figdir, args.fig_prefix):
+                print(f"wrote {path}")
         print(curve_summary(results))
         print(success_table(results))
         return 0
