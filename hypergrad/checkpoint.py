@@ -24,6 +24,7 @@ import io
 import os
 import pickle
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -81,12 +82,24 @@ def save_checkpoint(folder: str | Path, state: dict[str, Any]) -> Path:
     return target
 
 
+def _unpickler_detail(exc: Exception) -> str:
+    """The informative line of torch's weights-only refusal (e.g. ``Trying to load unsupported GLOBAL ...``)."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    for line in str(exc).splitlines():
+        line = line.strip()
+        if line and not line.startswith(boilerplate):
+            return line
+    return ""
+
+
 def _safe_load(source: Path | io.BytesIO, name: str) -> Any:
     try:
-        return torch.load(source, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about legacy pickle protocols before refusing them; the refusal is what counts.
+            warnings.simplefilter("ignore")
+            return torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        detail = next((line for line in lines if "Unsupported global" in line or "WeightsUnpickler" in line), "")
+        detail = _unpickler_detail(exc)
         detail = f" ({detail})" if detail else ""
         raise CheckpointError(
             f"checkpoint {name!r} was refused: it holds objects other than tensors and plain data, "
