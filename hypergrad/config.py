@@ -59,12 +59,27 @@ _BOOL_KEYS = {"normalize", "stop_on_growth"}
 _NULLABLE = {"clip", "blowup_ratio", "data_root", "n_train", "logdir", "out"}
 
 
+def _choices() -> dict[str, tuple[str, ...]]:
+    from hypergrad.hyperparams import GRANULARITIES
+    from hypergrad.tuner import DIVERGENCE_POLICIES, TUNE_METHODS
+
+    return {
+        "method": TUNE_METHODS, "per": GRANULARITIES, "on_divergence": DIVERGENCE_POLICIES,
+        "meta_loss": ("val", "train"), "fixed_point_batch": ("minibatch", "full"),
+        "lr_schedule": ("constant", "cosine"), "dataset": DATASETS,
+    }
+
+
 def _coerce(key: str, value: Any) -> Any:
     """Type-check one config value (no silent conversions beyond int -> float)."""
+    choices = _choices().get(key)
     if value is None:
         if key in _NULLABLE:
             return None
-        raise ConfigError(f"config key {key!r} must not be null")
+        allowed = f"; expected one of {', '.join(choices)}" if choices else ""
+        raise ConfigError(f"config key {key!r} must not be null{allowed}")
+    if choices is not None and not isinstance(value, str):
+        raise ConfigError(f"config key {key!r} must be one of {', '.join(choices)}, got {value!r}")
     if key in _BOOL_KEYS:
         if not isinstance(value, bool):
             raise ConfigError(f"config key {key!r} must be true or false, got {value!r}")
