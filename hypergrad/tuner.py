@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from hypergrad._tree import Tree, tree_norm
+from hypergrad._tree import Tree, tree_isfinite, tree_norm
 from hypergrad.hyperparams import GRANULARITIES, HyperSpec, to_sgd_param_groups
 from hypergrad.implicit import fixed_point_grad
 from hypergrad.inner import InnerProblem, batch_indices
@@ -226,7 +226,9 @@ class TuneResult:
             "hyperparameters": self.hyperparameters,
             "final_hyperparameters": self.final_hyperparameters,
             "param_groups": groups,
-            "evaluation": self.evaluation,
+            "evaluation": {
+                k: {m: (v if _finite(v) else None) for m, v in ev.items()} for k, ev in self.evaluation.items()
+            },
             "meta_loss": [r["meta_loss"] for r in self.history],
             "train_loss": [r["train_loss"] for r in self.history],
             "val_loss": [r["val_loss"] for r in self.history],
@@ -288,7 +290,7 @@ class Tuner:
             "optimizer": self.optimizer.state_dict(),
             "history": self.history,
             "best": [b.clone() for b in self.best],
-            "best_loss": self.best_loss,
+            "best_loss": self.best_loss if math.isfinite(self.best_loss) else None,
             "best_step": self.best_step,
             "lr_scale": self.lr_scale,
             "step_count": self.step_count,
@@ -307,7 +309,7 @@ class Tuner:
         self.optimizer.load_state_dict(state["optimizer"])
         self.history = list(state["history"])
         self.best = tuple(b.clone() for b in state["best"])
-        self.best_loss = float(state["best_loss"])
+        self.best_loss = math.inf if state["best_loss"] is None else float(state["best_loss"])
         self.best_step = int(state["best_step"])
         self.lr_scale = float(state["lr_scale"])
         self.step_count = int(state["step_count"])
@@ -369,6 +371,13 @@ class Tuner:
             w_leaf = tuple(w.detach().requires_grad_(True) for w in h_t[:n])
             meta_loss = self._meta_loss(w_leaf)
             gw = torch.autograd.grad(meta_loss, w_leaf)
+        if not (tree_isfinite(h_t) and tree_isfinite(gw) and bool(torch.isfinite(meta_loss))):
+            # The inner training blew up: there is no fixed point to differentiate. The caller sees a
+            # non-finite meta loss and applies the divergence policy; nothing non-finite is returned.
+            nan = torch.full((), float("nan"), dtype=meta_loss.dtype)
+            stats["hypergrad_spread"] = float("nan")
+            stats["solver"] = {"method": method, "skipped": "non-finite inner state"}
+            return tuple(torch.zeros_like(h) for h in hp), h_t, nan, stats
         state_grad = tuple(gw) + tuple(torch.zeros_like(v) for v in h_t[n:])
         hyper_sets = self.hyper_batches(salt)
         par = problem.parallel
@@ -484,25 +493,30 @@ class Tuner:
             events.append("exploding_hypergrad")
         if stats.get("solver", {}).get("diverged"):
             events.append("solver_diverged")
+        handled: set[str] = set()
         if events and cfg.on_divergence == "fallback" and method == "rbp" and loss_ok:
             grad, _, _, stats = self.hypergradient(current, batches, "neumann", salt=k)
             gnorm = tree_norm(grad)
             events.append("fallback_neumann")
-            if _finite(gnorm) and gnorm <= cfg.explode_threshold:
-                events = [e for e in events if e not in ("solver_diverged",)]
+            neumann_diverged = bool(stats.get("solver", {}).get("diverged"))
+            if _finite(gnorm) and gnorm <= cfg.explode_threshold and not neumann_diverged:
+                handled = {"solver_diverged", "exploding_hypergrad", "nonfinite_hypergrad", "fallback_neumann"}
         # Track the best hyperparameters by validation loss (of the hparams evaluated this step).
         if loss_ok and val_loss < self.best_loss:
             self.best_loss, self.best, self.best_step = val_loss, current, k
         apply = True
         action = "update"
-        bad = [e for e in events if e != "fallback_neumann"]
+        bad = [e for e in events if e not in handled and e != "fallback_neumann"]
+        if handled:
+            action = "fallback"
         if bad:
             policy = cfg.on_divergence
             if policy == "stop":
                 self._record(k, t0, current, val_loss, train_loss, float(meta_loss), gnorm, stats, events, "stop")
                 raise DivergenceError(f"meta step {k}: {', '.join(bad)} (on_divergence='stop')")
             if policy == "clip" and bad == ["exploding_hypergrad"]:
-                scale = (cfg.clip or 1.0) / gnorm
+                target = cfg.clip if cfg.clip is not None else cfg.explode_threshold
+                scale = min(1.0, target / gnorm)
                 grad = tuple(g * scale for g in grad)
                 action = "clipped"
             elif policy == "backoff":
