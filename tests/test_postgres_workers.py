@@ -26,6 +26,8 @@ import pytest
 
 from tests._postgres import PostgresUnavailable, start_server
 
+pytestmark = pytest.mark.slow  # two CLI processes plus one in-process compare run
+
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET = 16
 STUDY = "pgworkers"
