@@ -63,7 +63,7 @@ from hypergrad.baselines import (
 from hypergrad.data import Split
 from hypergrad.hyperparams import HyperSpec, to_sgd_param_groups
 from hypergrad.inner import InnerProblem
-from hypergrad.tuner import TUNE_METHODS, TuneConfig, Tuner
+from hypergrad.tuner import DIVERGENCE_POLICIES, TUNE_METHODS, TuneConfig, Tuner
 
 __all__ = [
     "FRACTIONS",
@@ -652,6 +652,8 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
                    help="inner trainings per method and seed (one trial = one meta step = one; default 100)")
     g.add_argument("--seeds", type=_positive_int, default=3, help="number of seeds, from --seed on (3)")
     g.add_argument("--meta-lr", type=_positive_float, default=None, help="Adam learning rate of the tuner (0.05)")
+    g.add_argument("--on-divergence", choices=DIVERGENCE_POLICIES, default=None,
+                   help="the tuner's divergence policy (backoff: restore the best and halve the meta lr)")
     g.add_argument("--hybrid-split", type=float, default=0.3,
                    help="fraction of the budget TPE spends before the tuner refines (0.3)")
     o = parser.add_argument_group("optuna")

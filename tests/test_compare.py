@@ -162,12 +162,13 @@ def test_cmd_compare_writes_json_table_plot_and_tensorboard(tmp_path, capsys):
     args = parser().parse_args([
         "--dataset", "digits", "--hidden", "8", "--inner-steps", "4", "--batch-size", "32", "--budget", "3",
         "--seeds", "1", "--methods", "neumann,random", "--out", str(out), "--logdir", str(tmp_path / "tb"),
-        "--no-progress",
+        "--on-divergence", "skip", "--meta-lr", "0.2", "--no-progress",
     ])
     assert cmd_compare(args) == 0
     doc = json.loads(out.read_text())
     assert [r["method"] for r in doc["runs"]] == ["neumann", "random"]
     assert doc["run"]["dataset"] == "digits" and doc["config"]["inner_steps"] == 4
+    assert doc["config"]["on_divergence"] == "skip" and doc["config"]["meta_lr"] == 0.2
     assert out.with_suffix(".md").read_text().startswith("| method |")
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for m in ("neumann", "random"):
