@@ -58,7 +58,7 @@ def mean_curve(curves: list[list[float]]) -> np.ndarray:
     return padded.mean(axis=0)
 
 
-def plot_records(records: list[dict], figdir: Path) -> list[Path]:
+def plot_records(records: list[dict], figdir: Path, *, tag: str = "") -> list[Path]:
     """One PNG per data set: (a) training loss, (b) validation accuracy per epoch,
     (c) ``||h_t - h_{t-1}||`` per propagation step at the last epoch (mean over seeds)."""
     import matplotlib
@@ -75,14 +75,15 @@ def plot_records(records: list[dict], figdir: Path) -> list[Path]:
             runs = rec["results"].get(method, [])
             if not runs:
                 continue
-            style = "--" if method == "baseline" else "-"
+            kw = {"color": f"C{METHODS.index(method)}", "label": LABELS[method],
+                  "linestyle": "--" if method == "baseline" else "-"}
             loss = mean_curve([r["train_loss"] for r in runs])
-            axes[0].plot(np.arange(len(loss)), loss, style, label=LABELS[method])
+            axes[0].plot(np.arange(len(loss)), loss, **kw)
             val = mean_curve([r["val_acc"] for r in runs])
-            axes[1].plot(np.arange(len(val)), val, style, label=LABELS[method])
+            axes[1].plot(np.arange(len(val)), val, **kw)
             if method in GNN_METHODS:
                 diff = mean_curve([r["diff_norm_last"] for r in runs])
-                axes[2].semilogy(np.arange(1, len(diff) + 1), diff, label=LABELS[method])
+                axes[2].semilogy(np.arange(1, len(diff) + 1), diff, **kw)
         n_seeds = len(rec["seeds"])
         axes[0].set(xlabel="epoch", ylabel="training loss", title=f"(a) {rec['dataset']}: training loss")
         axes[1].set(xlabel="epoch", ylabel="validation accuracy (%)", title="(b) validation accuracy")
@@ -91,9 +92,12 @@ def plot_records(records: list[dict], figdir: Path) -> list[Path]:
         for ax in axes:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-        fig.suptitle(f"GRU-GNN on {rec['dataset']}: mean over {n_seeds} seed(s)")
+        cfg = rec["config"]
+        stop = f", early stopping {cfg['patience']}" if cfg.get("patience") else ""
+        fig.suptitle(f"GRU-GNN on {rec['dataset']} ({rec.get('device') or 'cpu'}, {cfg['epochs']} epochs max{stop},"
+                     f" T={cfg['num_steps']}, truncation {cfg['truncate']}): mean over {n_seeds} seed(s)")
         fig.tight_layout()
-        path = figdir / f"gnn_{rec['dataset']}.png"
+        path = figdir / f"gnn_{rec['dataset']}{tag}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)

@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", type=Path, default=None, help="folder with ind.<name>.* (default: shared data)")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     p.add_argument("--figdir", type=Path, default=None, help="write Fig. 3 analogues (PNG) here")
+    p.add_argument("--tag", default="", help="suffix of the figure names: <figdir>/gnn_<dataset><tag>.png")
     p.add_argument("--replot", type=Path, nargs="+", default=None, metavar="JSON",
                    help="only re-draw figures / the table from earlier --out files")
     p.add_argument("--quick", action="store_true", help="smoke test: 3 epochs, 1 seed, 10 steps, truncate 3")
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
         records = merge_records(load_records(args.replot))
         if args.figdir is not None:
-            for path in plot_records(records, args.figdir):
+            for path in plot_records(records, args.figdir, tag=args.tag):
                 print(f"wrote {path}")
         print(markdown_table(records))
         return 0
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.figdir is not None:
         from recipes.gnn_citation.plot import plot_records
 
-        for path in plot_records([record], args.figdir):
+        for path in plot_records([record], args.figdir, tag=args.tag):
             print(f"wrote {path}")
     for method, s in record["summary"].items():
         print(f"{record['dataset']} {LABELS[method]:12s} test acc {s['mean']:.2f} ± {s['std']:.2f} (n={s['n']})")
