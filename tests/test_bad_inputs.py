@@ -164,6 +164,8 @@ def _out_is_a_directory(tmp: Path, mnist: Path) -> list[str]:
 
 
 CHOICE = "bptt, tbptt, rbp, cg, neumann, gmres"
+YAML_ATTACK = '!!python/object/apply:os.system ["echo unsafe"]\n'
+YAML_ATTACK_ID = f"yml {YAML_ATTACK!r}"
 CASES: list[Case | pytest.param] = [
     # ------------------------------------------------------------ CLI flags
     flags("tune", "--method", "sgd", message=r"argument --method: invalid choice: 'sgd' \(choose from .*neumann"),
@@ -238,7 +240,7 @@ CASES: list[Case | pytest.param] = [
     config(".yaml", "meta_lr: .inf\n", r"config key 'meta_lr' must be a finite number, got inf"),
     config(".yaml", "hyper_batches: 2.5\n", r"config key 'hyper_batches' must be an integer, got 2\.5"),
     config(".yaml", "inner-steps: 10\nbogus-key: 1\n", r"unknown key 'bogus-key' in .*c\.yaml"),
-    config(".yml", '!!python/object/apply:os.system ["echo unsafe"]\n',
+    config(".yml", YAML_ATTACK,
            r"cannot parse config file '.*c\.yml': could not determine a constructor for the tag .*os\.system"),
     # ------------------------------------------------------------ data files (MNIST)
     data("train images truncated (.gz)", _truncate_gz,
@@ -313,9 +315,9 @@ def test_bad_input_is_one_clear_error(case, tmp_path, capsys, request):
 
 
 def test_real_processes_report_bad_inputs_without_a_traceback(tmp_path, mnist_copy):
-    """Three of the cases through ``python -m hypergrad`` (run in parallel)."""
+    """Three of the cases through ``python -m hypergrad`` (run in parallel), the YAML attack among them."""
     chosen = [c for c in map(_case, CASES) if c.id in (
-        "flag tune --method sgd", "yaml 'inner-steps: 10\\nbogus-key: 1\\n'", "mnist train images truncated (.gz)"
+        "flag tune --method sgd", YAML_ATTACK_ID, "mnist train images truncated (.gz)"
     )]
     assert len(chosen) == 3
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -327,7 +329,8 @@ def test_real_processes_report_bad_inputs_without_a_traceback(tmp_path, mnist_co
         procs.append((case, subprocess.Popen([sys.executable, "-m", "hypergrad", *argv], cwd=ROOT, env=env,
                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
     for case, proc in procs:
-        _, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=120)
+        assert "unsafe" not in out  # the YAML's os.system("echo unsafe") never ran
         assert proc.returncode == EXIT_USAGE, err
         assert "Traceback" not in err
         assert re.search(case.message, err.strip().splitlines()[-1]), err
