@@ -52,12 +52,16 @@ def summarize(runs: dict[tuple[str, int, int], dict[str, list[dict[str, Any]]]])
             trains = [r["final_train_loss"] for r in rs if r["final_train_loss"] is not None]
             first = [r["history"][0]["meta_loss"] for r in rs if r["history"][0]["meta_loss"] is not None]
             fm, fs = _mean_std(finals)
+            ratio = [r["final_meta_loss"] / r["history"][0]["meta_loss"] for r in rs
+                     if r["final_meta_loss"] is not None and r["history"][0]["meta_loss"]]
+            rm, rsd = _mean_std(ratio)
             tm, ts = _mean_std(trains)
             rows.append({
                 "setting": setting, "inner_steps": t, "truncate": k, "method": method,
                 "seeds": sorted(r["job"]["seed"] for r in rs), "meta_steps": rs[0]["job"]["meta_steps"],
                 "initial_meta_loss": statistics.fmean(first) if first else None,
                 "final_meta_loss_mean": fm, "final_meta_loss_std": fs,
+                "final_over_initial_mean": rm, "final_over_initial_std": rsd,
                 "final_train_loss_mean": tm, "final_train_loss_std": ts,
                 "nonfinite_runs": len(rs) - len(finals),
                 "steps_with_events": sum(r["divergence_events"] for r in rs),
@@ -69,20 +73,25 @@ def summarize(runs: dict[tuple[str, int, int], dict[str, list[dict[str, Any]]]])
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| setting | T | K | method | seeds | meta steps | initial meta loss | final meta loss (mean ± std) "
-             "| final training loss (mean ± std) | steps with divergence events | s / meta step |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| final ÷ initial meta loss | final training loss (mean ± std) | steps with divergence events "
+             "| s / meta step |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ev = f"{r['steps_with_events']}" + (f" ({', '.join(r['events'])})" if r["events"] else "")
         lines.append(
             f"| {r['setting']} | {r['inner_steps']} | {r['truncate']} | {LABELS[r['method']]} | {len(r['seeds'])} | "
             f"{r['meta_steps']} | {r['initial_meta_loss']:.4f} | {r['final_meta_loss_mean']:.4f} ± "
-            f"{r['final_meta_loss_std']:.4f} | {r['final_train_loss_mean']:.4f} ± {r['final_train_loss_std']:.4f} | "
+            f"{r['final_meta_loss_std']:.4f} | "
+            f"{r['final_over_initial_mean']:.4f} ± {r['final_over_initial_std']:.4f} | "
+            f"{r['final_train_loss_mean']:.4f} ± {r['final_train_loss_std']:.4f} | "
             f"{ev} | {r['seconds_per_meta_step']:.1f} |")
     return "\n".join(lines)
 
 
 def plot_curves(runs: dict[tuple[str, int, int], dict[str, list[dict[str, Any]]]], setting: str, path: Path) -> bool:
-    """Meta loss against meta step, mean ± std over seeds, one panel per (T, K)."""
+    """Meta loss against meta step, one column per (T, K): mean ± std over seeds (top) and, paired by
+    seed, the meta loss divided by its value at meta step 0 (bottom; every method starts from the
+    same first inner run, so this removes the seed-to-seed spread)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,34 +100,41 @@ def plot_curves(runs: dict[tuple[str, int, int], dict[str, list[dict[str, Any]]]
     keys = sorted(k for k in runs if k[0] == setting)
     if not keys:
         return False
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    fig, axes = plt.subplots(2, len(keys), figsize=(4.2 * len(keys), 6.4), squeeze=False)
+    for col, key in enumerate(keys):
         for method in sorted(runs[key], key=ORDER.index):
             rs = runs[key][method]
             n = min(len(r["history"]) for r in rs)
             curves = [[h["meta_loss"] if h["meta_loss"] is not None else float("nan") for h in r["history"][:n]]
                       for r in rs]
-            mean = [statistics.fmean(c[i] for c in curves) for i in range(n)]
-            std = [statistics.stdev(c[i] for c in curves) if len(curves) > 1 else 0.0 for i in range(n)]
-            line, = ax.plot(range(n), mean, "o-", ms=3, label=f"{LABELS[method]} ({len(rs)} seeds)")
-            ax.fill_between(range(n), [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                            color=line.get_color(), alpha=0.15)
-        ax.set_yscale("log")
-        ax.set_title(f"T={key[1]}, K={key[2]}")
-        ax.set_xlabel("meta step")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].set_ylabel("meta loss (" + ("training loss, 10k images" if setting == "paper" else "validation loss")
-                          + ")")
+            rel = [[v / c[0] for v in c] for c in curves]
+            for row, data in enumerate((curves, rel)):
+                ax = axes[row][col]
+                mean = [statistics.fmean(c[i] for c in data) for i in range(n)]
+                std = [statistics.stdev(c[i] for c in data) if len(data) > 1 else 0.0 for i in range(n)]
+                line, = ax.plot(range(n), mean, "o-", ms=3, label=f"{LABELS[method]} ({len(rs)} seeds)")
+                ax.fill_between(range(n), [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                                color=line.get_color(), alpha=0.12)
+        for row in range(2):
+            ax = axes[row][col]
+            ax.set_yscale("log")
+            ax.set_xlabel("meta step")
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0][col].set_title(f"T={key[1]}, K={key[2]}")
+    name = "training loss, 10k images" if setting == "paper" else "validation loss"
+    axes[0][0].set_ylabel(f"meta loss ({name})")
+    axes[1][0].set_ylabel("meta loss ÷ meta loss at step 0")
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(f"MNIST hyperparameter optimisation, {setting} setting (mean ± std over seeds)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
 
 
 def load_checkgrad(root: Path) -> list[dict[str, Any]]:
+    """Rows of the ``checkgrad_SETTING_T*_K*.json`` files written by ``hypergrad check-grad --out``."""
     rows = []
     for path in sorted(root.glob("checkgrad_*_T*_K*.json")):
         m = re.fullmatch(r"checkgrad_(\w+?)_T(\d+)_K(\d+)\.json", path.name)
@@ -228,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['cosine_vs_bptt']:.3f} | {r['rel_error_vs_bptt']:.3f} | {r['norm']:.4g} | {r['seconds']:.1f} |")
     if args.summary is not None:
         args.summary.parent.mkdir(parents=True, exist_ok=True)
-        args.summary.write_text(json.dumps({"runs": rows, "check_grad": cos}, indent=1))
+        curves = {f"{st}/T{t}_K{k}/{m}": {str(r["job"]["seed"]): [h["meta_loss"] for h in r["history"]] for r in rs}
+                  for (st, t, k), by_m in sorted(runs.items()) for m, rs in by_m.items()}
+        args.summary.write_text(json.dumps({"runs": rows, "check_grad": cos, "meta_loss_curves": curves}, indent=1))
     return 0
 
 
