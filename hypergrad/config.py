@@ -55,7 +55,7 @@ ALL_KEYS = sorted(set(TUNE_KEYS) | set(RUN_KEYS))
 
 _FLOAT_KEYS = {"meta_lr", "init_lr", "init_momentum", "clip", "explode_threshold", "blowup_ratio"}
 _INT_KEYS = {"inner_steps", "truncate", "meta_steps", "hyper_batches", "batch_size", "seed", "n_train"}
-_BOOL_KEYS = {"normalize", "stop_on_growth"}
+_BOOL_KEYS = {"normalize", "stop_on_growth", "batch_hyper"}
 _NULLABLE = {"clip", "blowup_ratio", "data_root", "n_train", "logdir", "out"}
 
 
