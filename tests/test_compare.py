@@ -210,3 +210,13 @@ def test_cmd_compare_user_errors_raise_value_error(tmp_path, extra, message):
     with pytest.raises(ValueError, match=message):
         cmd_compare(args)
     assert not (tmp_path / "x.json").exists()
+
+
+def test_registered_cli_reports_user_errors_with_exit_code_2(capsys):
+    from hypergrad.cli import main
+
+    assert main(["compare", "--methods", "neumann,grid", "--budget", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["hypergrad: error: unknown method 'grid' in --methods; expected gradient methods "
+                   "(bptt, tbptt, rbp, cg, neumann, gmres), samplers (tpe, random, cmaes) or a hybrid "
+                   "tpe+<gradient method>"]
