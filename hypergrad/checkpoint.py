@@ -63,7 +63,11 @@ def _encode(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def save_checkpoint(folder: str | Path, state: dict[str, Any]) -> Path:
-    """Atomically write ``state`` to ``folder/checkpoint.pt`` (tmp file, fsync, rename, fsync folder)."""
+    """Atomically write ``state`` to ``folder/checkpoint.pt`` (tmp file, fsync, rename, fsync folder).
+
+    One run writes one folder: leftover ``.checkpoint-*.tmp`` files (from a run killed mid-write)
+    are removed after the new checkpoint is in place.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / CHECKPOINT_NAME
@@ -79,6 +83,9 @@ def save_checkpoint(folder: str | Path, state: dict[str, Any]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(folder)
+    # A run killed while writing leaves its temporary file behind; the next good write removes it.
+    for stale in folder.glob(".checkpoint-*.tmp"):
+        stale.unlink(missing_ok=True)
     return target
 
 
