@@ -295,6 +295,7 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_run(tmp_path, capsys, mo
     err = capsys.readouterr().err
     assert "interrupted" in err and "--resume" in err and "Traceback" not in err
     assert _step_count(logdir) == 3 and not results.exists()
+    assert list(logdir.glob(".checkpoint-*.tmp")) == []  # the torn file of stage 2 was cleaned up
     monkeypatch.undo()
 
     # 4. Unassisted: SIGKILL as soon as the checkpoint of meta step 3 exists, wherever the run is then.
@@ -314,7 +315,7 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_run(tmp_path, capsys, mo
     assert code == -signal.SIGKILL, f"the run finished before it could be killed:\n{err}"
     assert 4 <= _step_count(logdir) < META_STEPS and not results.exists()
 
-    # 4. Resume to the end.
+    # 5. Resume to the end.
     assert main(resume) == EXIT_OK
     err = capsys.readouterr().err
     assert "Traceback" not in err
