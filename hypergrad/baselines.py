@@ -4,14 +4,14 @@ Everything that decides *what is optimised* is shared with :class:`hypergrad.Tun
 
 * **the inner training** is :meth:`hypergrad.InnerProblem.train` on the tuner's
   problem (same model, data, ``T``, batch size and initial weights :math:`w_0`);
-* **the batches**: trial ``k`` trains on ``tuner._batches(k)``, the minibatch order
+* **the batches**: trial ``k`` trains on ``tuner.batches(k)``, the minibatch order
   of the tuner's meta step ``k`` (seeded by ``(seed, k)``);
 * **the hyperparameters** are the tuner's per-group learning rates and momenta;
   Optuna suggests :math:`\alpha` log-uniformly and :math:`\beta` uniformly in
   :class:`SearchSpace`, and :func:`to_hparams` maps them onto the unconstrained
   ``(log_lr, logit_momentum)`` tuple of :class:`hypergrad.HyperSpec`, so the very
   same code path trains;
-* **the meta loss** is ``tuner._meta_loss(w_T)`` (validation loss by default),
+* **the meta loss** is ``tuner.meta_loss(w_T)`` (validation loss by default),
   computed by :func:`meta_objective`, the one function both sides call.
 
 One Optuna trial is one inner training of ``T`` steps; a pruned trial costs the
@@ -152,15 +152,15 @@ def meta_objective(
     """The meta loss of ``hparams``: ONE inner training on the tuner's batches ``salt``, then its meta loss.
 
     This is the tuner's own inner run (:meth:`InnerProblem.train` over
-    ``tuner._batches(salt)``, as in :meth:`Tuner.hypergradient` and
-    :meth:`Tuner.evaluate`) and the tuner's meta loss (``tuner._meta_loss``, the
+    ``tuner.batches(salt)``, as in :meth:`Tuner.hypergradient` and
+    :meth:`Tuner.evaluate`) and the tuner's meta loss (``tuner.meta_loss``, the
     validation loss of :math:`w_T` unless ``meta_loss="train"``). Non-finite
     losses are returned as they are.
     """
     problem = tuner.problem
-    h_t = problem.train(tuple(h.detach() for h in hparams), tuner._batches(salt), on_step=on_step)
+    h_t = problem.train(tuple(h.detach() for h in hparams), tuner.batches(salt), on_step=on_step)
     with torch.no_grad():
-        return float(tuner._meta_loss(h_t[: problem.num_tensors]))
+        return float(tuner.meta_loss(h_t[: problem.num_tensors]))
 
 
 class OptunaObjective:
@@ -198,7 +198,7 @@ class OptunaObjective:
         self.report_every = report_every
         if fail_value is None:
             with torch.no_grad():
-                fail_value = 2.0 * float(tuner._meta_loss(tuner.problem.w0))
+                fail_value = 2.0 * float(tuner.meta_loss(tuner.problem.w0))
         if not math.isfinite(fail_value):
             raise ValueError(f"fail_value must be finite, got {fail_value!r}")
         self.fail_value = float(fail_value)

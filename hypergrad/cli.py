@@ -277,7 +277,7 @@ def cmd_check_grad(args: argparse.Namespace) -> int:
     for m in ["bptt", *[m for m in methods if m != "bptt"]]:
         tuner = Tuner(problem, cfg.__class__(**{**cfg.to_dict(), "method": m}))
         t0 = time.perf_counter()
-        grad, _, loss, stats = tuner.hypergradient(tuner.hparams, tuner._batches(0), m, salt=0)
+        grad, _, loss, stats = tuner.hypergradient(tuner.hparams, tuner.batches(0), m, salt=0)
         seconds = time.perf_counter() - t0
         if ref is None:
             ref = grad

@@ -590,7 +590,7 @@ def compare(
                 bar.update(max(budget - done[0], 0.0))
                 assert trace.best is not None
                 ref = Tuner(problem, scfg)
-                sgd = sgd_evaluate(problem, split, problem.spec, trace.best, ref._batches(-1))
+                sgd = sgd_evaluate(problem, split, problem.spec, trace.best, ref.batches(-1))
                 runs.append({
                     "method": m,
                     "seed": seed,

@@ -326,7 +326,11 @@ class Tuner:
     def _generator(self, salt: int) -> torch.Generator:
         return torch.Generator().manual_seed(self.config.seed * 1_000_003 + salt)
 
-    def _batches(self, salt: int) -> Tensor:
+    def batches(self, salt: int) -> Tensor:
+        """The ``(T, B)`` minibatch indices of meta step ``salt`` (``-1``: the evaluation run).
+
+        Seeded by ``(seed, salt)``: every method, trial and rank trains on the same batches.
+        """
         return batch_indices(
             len(self.problem.x_train), self.config.batch_size, self.config.inner_steps, self._generator(salt)
         )
@@ -338,8 +342,13 @@ class Tuner:
             return base * 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
         return base
 
-    def _meta_loss(self, weights: Sequence[Tensor]) -> Tensor:
+    _batches = batches  # deprecated private name, kept for benchmark scripts
+
+    def meta_loss(self, weights: Sequence[Tensor]) -> Tensor:
+        """The meta loss of inner weights: validation loss (default) or the whole training loss."""
         return self.problem.eval_loss(weights, "train" if self.config.meta_loss == "train" else "val")
+
+    _meta_loss = meta_loss  # deprecated private name, kept for benchmark scripts
 
     def hypergradient(
         self, hparams: Tree, batches: Tensor, method: str | None = None, salt: int = 0
@@ -367,7 +376,7 @@ class Tuner:
                 return problem.step(state, p, problem.x_train[idx], problem.y_train[idx])
 
             def loss_fn(state: Tree) -> tuple[Tensor, tuple[Tensor, Tree]]:
-                loss = self._meta_loss(state[:n])
+                loss = self.meta_loss(state[:n])
                 return loss, (loss.detach(), tuple(s.detach() for s in state))
 
             grad, (meta_loss, h_t) = unrolled_grad(step, h_start, hp, k, loss_fn, truncate=None, has_aux=True)
@@ -376,7 +385,7 @@ class Tuner:
         h_t = problem.train(hp, batches)
         with torch.enable_grad():
             w_leaf = tuple(w.detach().requires_grad_(True) for w in h_t[:n])
-            meta_loss = self._meta_loss(w_leaf)
+            meta_loss = self.meta_loss(w_leaf)
             gw = torch.autograd.grad(meta_loss, w_leaf)
         if not (tree_isfinite(h_t) and tree_isfinite(gw) and bool(torch.isfinite(meta_loss))):
             # The inner training blew up: there is no fixed point to differentiate. The caller sees a
@@ -426,7 +435,9 @@ class Tuner:
             stats["hypergrad_spread"] = tree_norm(tuple(v.sqrt() for v in var)) / max(tree_norm(mean), 1e-30)
         else:
             stats["hypergrad_spread"] = 0.0
-        diverged = any(i.diverged for i in infos)
+        # A Neumann series cut short by stop_on_growth is the safeguard at work: the partial sum
+        # up to the first growing term is kept and logged ("growth" in stop_reasons), not backed off.
+        diverged = any(i.diverged and i.stop_reason != "growth" for i in infos)
         if par is not None:
             diverged = par.any(diverged)
         finite_rho = [i.spectral_radius for i in infos if not math.isnan(i.spectral_radius)]
@@ -482,7 +493,7 @@ class Tuner:
     def evaluate(self, hparams: Tree, salt: int = -1) -> dict[str, float]:
         """Train once with ``hparams`` (a fixed batch order) and report losses/accuracy."""
         problem = self.problem
-        h_t = problem.train(hparams, self._batches(salt))
+        h_t = problem.train(hparams, self.batches(salt))
         w = h_t[: problem.num_tensors]
         with torch.no_grad():
             out = {
@@ -502,7 +513,7 @@ class Tuner:
         t0 = time.perf_counter()
         k = self.step_count
         current = tuple(h.detach().clone() for h in self.hparams)
-        batches = self._batches(k)
+        batches = self.batches(k)
         events: list[str] = []
         method = cfg.method
         grad, h_t, meta_loss, stats = self.hypergradient(current, batches, method, salt=k)

@@ -116,7 +116,7 @@ def test_objective_value_is_the_tuners_meta_loss_for_the_same_hparams(number):
     # Tuner.evaluate: one inner training on the batches of salt `number`, validation loss of w_T.
     assert value == pytest.approx(tuner.evaluate(hp, salt=number)["val_loss"], rel=1e-6)
     # Tuner.hypergradient: the same inner training inside the meta step -> the same meta loss.
-    _, _, meta_loss, _ = tuner.hypergradient(hp, tuner._batches(number), "neumann", salt=number)
+    _, _, meta_loss, _ = tuner.hypergradient(hp, tuner.batches(number), "neumann", salt=number)
     assert value == pytest.approx(float(meta_loss), rel=1e-6)
     # Another trial number trains on other batches (the tuner's seed policy).
     other = objective(optuna.trial.FixedTrial(PARAMS, number=number + 1))
@@ -144,7 +144,7 @@ def test_diverging_hparams_report_the_finite_fail_value():
     tuner = tiny_tuner(inner_steps=30)
     objective = OptunaObjective(tuner, SearchSpace(lr_high=1e7))
     with torch.no_grad():
-        w0_loss = float(tuner._meta_loss(tuner.problem.w0))
+        w0_loss = float(tuner.meta_loss(tuner.problem.w0))
     assert objective.fail_value == pytest.approx(2 * w0_loss)
     huge = {k: (1e6 if k.startswith("lr") else 0.0) for k in PARAMS}
     trial = optuna.trial.FixedTrial(huge, number=0)

@@ -112,7 +112,7 @@ def test_sgd_export_retrains_to_the_tuners_own_result():
     problem = tiny_problem()
     tuner = Tuner(problem, CFG)
     hp = tuple(h.detach() for h in tuner.spec.init(0.2, 0.7))
-    sgd = sgd_evaluate(problem, tiny_split(problem), problem.spec, hp, tuner._batches(-1))
+    sgd = sgd_evaluate(problem, tiny_split(problem), problem.spec, hp, tuner.batches(-1))
     ev = tuner.evaluate(hp, salt=-1)
     assert sgd["val_loss"] == pytest.approx(ev["val_loss"], rel=1e-4)
     assert sgd["val_accuracy"] == pytest.approx(ev["val_accuracy"])

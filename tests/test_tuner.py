@@ -40,7 +40,7 @@ def _meta_loss_at(tuner: Tuner, hp, batches) -> float:
 
 def test_bptt_hypergradient_matches_central_finite_differences():
     tuner = tiny_tuner(method="bptt", inner_steps=12)
-    batches = tuner._batches(0)
+    batches = tuner.batches(0)
     hp = tuple(h.detach() for h in tuner.hparams)
     grad, _, loss, _ = tuner.hypergradient(hp, batches, "bptt")
     assert math.isclose(float(loss), _meta_loss_at(tuner, hp, batches), rel_tol=1e-12)
@@ -54,7 +54,7 @@ def test_bptt_hypergradient_matches_central_finite_differences():
 
 def test_tbptt_with_full_truncation_equals_bptt():
     tuner = tiny_tuner(method="tbptt", inner_steps=9, truncate=9)
-    batches = tuner._batches(0)
+    batches = tuner.batches(0)
     g_t, *_ = tuner.hypergradient(tuner.hparams, batches, "tbptt")
     g_b, *_ = tuner.hypergradient(tuner.hparams, batches, "bptt")
     for a, b in zip(g_t, g_b):
@@ -65,7 +65,7 @@ def test_tbptt_with_full_truncation_equals_bptt():
 def test_rbp_hypergradient_is_the_mean_over_hyper_batches(method):
     tuner = tiny_tuner(method=method, inner_steps=15, truncate=4, hyper_batches=3, stop_on_growth=False)
     hp = tuple(h.detach() for h in tuner.hparams)
-    grad, h_t, _, stats = tuner.hypergradient(hp, tuner._batches(2), method, salt=2)
+    grad, h_t, _, stats = tuner.hypergradient(hp, tuner.batches(2), method, salt=2)
     problem = tuner.problem
     n = problem.num_tensors
     w = tuple(t.clone().requires_grad_(True) for t in h_t[:n])
@@ -98,7 +98,7 @@ def test_neumann_at_convergence_approaches_bptt_direction():
     tuner = tiny_tuner(method="neumann", inner_steps=60, truncate=20, fixed_point_batch="full",
                        batch_size=64, init_lr=0.3)
     hp = tuple(h.detach() for h in tuner.hparams)
-    batches = tuner._batches(0)
+    batches = tuner.batches(0)
     g_n, *_ = tuner.hypergradient(hp, batches, "neumann")
     g_t, *_ = tuner.hypergradient(hp, batches, "tbptt")
     cos = float(tree_dot(g_n, g_t)) / (tree_norm(g_n) * tree_norm(g_t))
