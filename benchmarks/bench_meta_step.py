@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--dataset", choices=("mnist", "digits"), default="mnist")
     p.add_argument("--data-root", default=None)
+    p.add_argument("--chunked-meta-loss", type=int, default=None, metavar="CHUNK",
+                   help="prototype: differentiate the meta loss CHUNK examples at a time (benchmarks/"
+                        "prototype_chunked_loss.py)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda (model and data on the GPU)")
     p.add_argument("--quick", action="store_true", help="T=20, K=5,10, 2 reps: checks the pipeline in < 1 min")
     p.add_argument("--out", type=Path, default=None, help="JSON with every row")
@@ -109,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     if t < 1 or reps < 1 or any(k < 1 or k > t for k in ks):
         p.error("need T >= 1, reps >= 1 and 1 <= K <= T")
     base = {"inner_steps": t, "reps": reps, "batch_size": args.batch_size, "dataset": args.dataset,
-            "data_root": args.data_root, "device": args.device}
+            "data_root": args.data_root, "device": args.device,
+            "chunked_meta_loss": args.chunked_meta_loss}
     start = time.perf_counter()
     info = machine()
     rows = _rows_for(methods, ks, base)

@@ -103,10 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=3, help="timed meta steps per point (3; 2 at T >= 5000)")
     p.add_argument("--dataset", choices=("mnist", "digits"), default="mnist")
     p.add_argument("--data-root", default=None)
+    p.add_argument("--chunked-meta-loss", type=int, default=None, metavar="CHUNK",
+                   help="prototype: differentiate the meta loss CHUNK examples at a time (benchmarks/"
+                        "prototype_chunked_loss.py)")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=None)
     args = p.parse_args(argv)
-    base = {"dataset": args.dataset, "data_root": args.data_root}
+    base = {"dataset": args.dataset, "data_root": args.data_root, "chunked_meta_loss": args.chunked_meta_loss}
     start = time.perf_counter()
     info = machine()
     try:

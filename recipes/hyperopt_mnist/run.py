@@ -94,6 +94,25 @@ def jobs_from(recipe: dict[str, Any], settings: list[str], grid: list[tuple[int,
     return jobs
 
 
+def library_version() -> dict[str, str]:
+    """A hash of the hypergrad sources this process imported: the shared tree changes between runs."""
+    import hashlib
+    import subprocess
+
+    import hypergrad
+
+    root = Path(hypergrad.__file__).parent
+    h = hashlib.sha1()
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.read_bytes())
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10, check=False).stdout.strip()
+    except OSError:
+        head = ""
+    return {"git_head": head, "hypergrad_sources_sha1": h.hexdigest()[:12]}
+
+
 def run_job(job: Job, recipe: dict[str, Any], split: Any, data_root: str | None) -> dict[str, Any]:
     """Tune with ``hypergrad.Tuner`` for ``job.meta_steps`` meta steps and return the record."""
     setting = recipe["settings"][job.setting]
@@ -121,6 +140,7 @@ def run_job(job: Job, recipe: dict[str, Any], split: Any, data_root: str | None)
         "divergence_events": sum(1 for r in history if r["events"]),
         "final_hyperparameters": tuner.spec.describe(tuner.hparams),
         "seconds": time.perf_counter() - t0,
+        "library": library_version(),
     }
 
 
