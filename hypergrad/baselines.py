@@ -21,6 +21,7 @@ fraction of ``T`` it ran (see :class:`OptunaObjective`).
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -296,6 +297,9 @@ def make_storage(url: str | None) -> Any:
         if not parent.is_dir():
             raise ValueError(f"the folder of the journal file {path!r} does not exist")
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith(("postgresql://", "postgres://")):
+        # SQLAlchemy 2.x maps a bare postgresql:// to psycopg 3; hypergrad's extra installs psycopg2.
+        url = "postgresql+psycopg2://" + url.split("://", 1)[1]
     if "://" not in url:
         raise ValueError(
             f"cannot read storage {url!r}: expected journal:PATH, a .log/.journal file, or a URL such as "
@@ -319,17 +323,24 @@ def create_or_load_study(
     """
     import optuna
 
-    try:
-        study = optuna.create_study(
-            storage=storage, sampler=sampler, pruner=pruner, study_name=study_name,
-            direction="minimize", load_if_exists=True,
-        )
-    except (ImportError, ModuleNotFoundError) as exc:
-        raise ValueError(f"cannot open storage: {exc}") from None
-    except Exception as exc:  # sqlalchemy / journal errors on a bad URL
-        if type(exc).__name__ in ("ArgumentError", "OperationalError", "NoSuchModuleError"):
-            raise ValueError(f"cannot open storage: {str(exc).splitlines()[0]}") from None
-        raise
+    for attempt in range(3):
+        try:
+            study = optuna.create_study(
+                storage=storage, sampler=sampler, pruner=pruner, study_name=study_name,
+                direction="minimize", load_if_exists=True,
+            )
+            break
+        except (ImportError, ModuleNotFoundError) as exc:
+            raise ValueError(f"cannot open storage: {exc}") from None
+        except Exception as exc:  # sqlalchemy / journal errors on a bad URL
+            name = type(exc).__name__
+            if name == "IntegrityError" and attempt < 2:
+                # Workers starting together on an empty database race to create Optuna's tables.
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            if name in ("ArgumentError", "OperationalError", "NoSuchModuleError"):
+                raise ValueError(f"cannot open storage: {str(exc).splitlines()[0]}") from None
+            raise
     if problem_key is not None:
         stored = study.user_attrs.get("problem")
         if stored is None:

@@ -36,6 +36,7 @@ import argparse
 import copy
 import dataclasses
 import math
+import os
 import re
 import sys
 import time
@@ -279,6 +280,10 @@ def run_optuna(
         pruner=make_pruner(pruner_name, n_warmup_steps=cfg.inner_steps // 4),
         problem_key=_problem_key(cfg, run_key or {}, method, settings.space),
     )
+    if settings.storage is not None:
+        # Workers sharing a stored study must not draw the same points: seed each worker's sampler
+        # from (seed, process id). Searches on a shared storage are therefore not bit-reproducible.
+        study.sampler = make_sampler(sampler, (cfg.seed * 1_000_003 + os.getpid()) % (2**31))
     if on_point is not None:
         live = Trace(method, cfg.seed)
         t0 = time.perf_counter()
@@ -745,7 +750,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         logdir=logdir, run_key=run_key, progress=not args.no_progress,
     )
     result["run"] = {"dataset": run.dataset, "data_root": run.data_root, "hidden": list(run.hidden),
-                     "n_train": run.n_train, "argv": sys.argv[1:]}
+                     "n_train": run.n_train, "argv": [_redact(a) if "://" in a else a for a in sys.argv[1:]]}
     _write_json(out, result)
     table = markdown_table(result["summary"], args.budget)
     md = out.with_suffix(".md")

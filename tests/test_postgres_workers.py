@@ -187,12 +187,6 @@ def test_a_later_run_resumes_the_finished_study_without_new_trials(two_workers, 
     assert run["meta_loss"] == pytest.approx(first, rel=1e-12)  # the report covers trials 0..BUDGET-1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="compare seeds each worker's sampler with --seed (run_optuna: make_sampler(sampler, cfg.seed)), so "
-           "concurrent workers draw the same random start-up points and evaluate them twice",
-)
 def test_workers_do_not_repeat_each_others_hyperparameters(two_workers, postgres_url):
     study = optuna.load_study(study_name=f"{STUDY}.tpe.seed0", storage=postgres_url)
     points = [tuple(sorted(t.params.items())) for t in study.trials]
