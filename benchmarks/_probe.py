@@ -74,7 +74,7 @@ def _setup(spec: dict[str, Any]):
     method = spec["method"] if spec["method"] != "sgd" else "neumann"
     cfg = TuneConfig(method=method, inner_steps=spec["inner_steps"], truncate=spec["truncate"],
                      batch_size=spec["batch_size"], per=spec["per"], hyper_batches=spec["hyper_batches"],
-                     seed=0, meta_steps=10**6)
+                     seed=0, meta_steps=10**6, stop_on_growth=spec.get("stop_on_growth", True))
     run = RunConfig(dataset=spec["dataset"], data_root=spec.get("data_root"), hidden=(50, 50, 50))
     device = spec.get("device", "cpu")
     if device == "cpu":
@@ -178,6 +178,10 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
                 gpu_peak = torch.cuda.max_memory_allocated()
     finite_h = [h for h in hyper if math.isfinite(h)]
     extra: dict[str, Any] = {}
+    history = getattr(tuner, "history", None) if method != "sgd" else None
+    if history:  # solver iterations actually run (Neumann stops early on a growing term by default)
+        its = [h["solver"].get("iterations") for h in history if h.get("solver")]
+        extra["solver_iterations"] = [i for i in its if i is not None]
     if device != "cpu":  # on a GPU the memory that matters is the device's, from the caching allocator
         extra = {"gpu_peak_mib": (gpu_peak - gpu_base) / 2**20, "gpu_total_peak_mib": gpu_peak / 2**20,
                  "gpu_name": torch.cuda.get_device_name()}
@@ -201,6 +205,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "device": device,
         "chunked_meta_loss": spec.get("chunked_meta_loss"),
+        "stop_on_growth": cfg.stop_on_growth,
         **library_version(),
         "torch": torch.__version__,
         **extra,

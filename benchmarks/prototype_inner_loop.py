@@ -24,8 +24,12 @@ import torch.nn.functional as F
 from benchmarks._driver import machine, write_json
 
 
-def fast_train(problem, hparams, batches):
-    """``InnerProblem.train`` without functional_call: update the module's parameters in place."""
+def fast_train(problem, hparams, batches, index_select: bool = False):
+    """``InnerProblem.train`` without functional_call: update the module's parameters in place.
+
+    With ``index_select``, minibatches are gathered by ``Tensor.index_select`` (about 3x faster on
+    this CPU than advanced indexing ``x[idx]``, which the library uses).
+    """
     model = problem.model
     params = [p for p in model.parameters() if p.requires_grad]
     lrs, moms = problem.spec.per_tensor([h.detach() for h in hparams])
@@ -38,7 +42,11 @@ def fast_train(problem, hparams, batches):
             p.copy_(w)
     v = [torch.zeros_like(p) for p in params]
     for idx in batches:
-        loss = problem.loss_fn(model(problem.x_train[idx]), problem.y_train[idx])
+        if index_select:
+            x, y = problem.x_train.index_select(0, idx), problem.y_train.index_select(0, idx)
+        else:
+            x, y = problem.x_train[idx], problem.y_train[idx]
+        loss = problem.loss_fn(model(x), y)
         grads = torch.autograd.grad(loss, params)
         with torch.no_grad():
             torch._foreach_mul_(v, moms)
@@ -85,12 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     batches = tuner._batches(0)
     ref = problem.train(hp, batches)
     new = fast_train(problem, hp, batches)
+    new_is = fast_train(problem, hp, batches, index_select=True)
     max_diff = max(float((a - b).abs().max()) for a, b in zip(ref, new))
-    times: dict[str, list[float]] = {"library_train": [], "prototype_in_place": [], "torch_optim_sgd": []}
+    max_diff = max(max_diff, max(float((a - b).abs().max()) for a, b in zip(ref, new_is)))
+    times: dict[str, list[float]] = {"library_train": [], "prototype_in_place": [],
+                                     "prototype_in_place_index_select": [], "torch_optim_sgd": []}
     for r in range(args.reps):
         b = tuner._batches(r + 1)
         for name, fn in (("library_train", lambda b=b: problem.train(hp, b)),
                          ("prototype_in_place", lambda b=b: fast_train(problem, hp, b)),
+                         ("prototype_in_place_index_select", lambda b=b: fast_train(problem, hp, b, True)),
                          ("torch_optim_sgd", lambda b=b: sgd_train(problem, b))):
             t0 = time.perf_counter()
             fn()
@@ -101,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
               "library_over_sgd": med["library_train"] / med["torch_optim_sgd"],
               "prototype_over_sgd": med["prototype_in_place"] / med["torch_optim_sgd"]}
     for k, v in med.items():
-        print(f"{k:20s} {v:.3f} s  ({v / med['torch_optim_sgd']:.2f} x SGD)")
+        print(f"{k:32s} {v:.3f} s  ({v / med['torch_optim_sgd']:.2f} x SGD)")
     print(f"max |h_T(prototype) - h_T(library)| = {max_diff:.3g}")
     if args.out is not None:
         write_json(args.out, result)
