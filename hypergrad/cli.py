@@ -174,6 +174,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     state = None
     if args.resume:
         state = load_checkpoint(args.resume)
+        if not isinstance(state.get("run"), dict) or not isinstance(state.get("tuner"), dict):
+            raise UsageError(f"checkpoint in {str(args.resume)!r} is not a 'hypergrad tune' checkpoint")
         values = validate_keys(dict(state["run"]), source=f"checkpoint {args.resume}")
         values["logdir"] = str(args.resume)
         if args.meta_steps is not None:  # allow extending a finished run
@@ -181,6 +183,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     else:
         values = _collect(args)
     cfg, run = build_configs(values)
+    if run.logdir and Path(run.logdir).exists() and not Path(run.logdir).is_dir():
+        raise UsageError(f"--logdir {run.logdir!r} exists and is not a directory")
+    if run.out and Path(run.out).is_dir():
+        raise UsageError(f"--out {run.out!r} is a directory; give a file name such as results.json")
     parallel = None
     if launched_by_torchrun():
         parallel = init_from_env(args.dist_backend)
@@ -381,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hypergrad: interrupted; the last checkpoint is kept (continue with --resume DIR)", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (UsageError, ConfigError, DataError, CheckpointError, ValueError) as exc:
+    except (UsageError, ConfigError, DataError, CheckpointError, ValueError, OSError) as exc:
         if args.debug:
             raise
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

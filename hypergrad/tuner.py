@@ -643,8 +643,17 @@ class Tuner:
                     h.copy_(b)
             final = tuple(b.clone() for b in self.best)
             evaluation["final"] = dict(evaluation["best"], reverted=1.0)
-        # The final hyperparameters were never evaluated during the loop: they may be the best.
-        if evaluation["final"]["val_loss"] < evaluation["best"]["val_loss"]:
+        # On the common evaluation run, the exported hyperparameters must be no worse than the
+        # initial ones (the loop compared losses on different minibatch orders), and the final ones,
+        # never evaluated during the loop, may be the best.
+        def val(key: str) -> float:
+            v = evaluation[key]["val_loss"]
+            return v if _finite(v) else math.inf
+
+        if val("initial") < val("best"):
+            self.best, self.best_step = initial, 0
+            evaluation["best"] = evaluation["initial"]
+        if val("final") < val("best"):
             self.best, self.best_step = final, len(self.history)
             evaluation["best"] = evaluation["final"]
         result = TuneResult(

@@ -199,19 +199,8 @@ CASES: list[Case | pytest.param] = [
     usage("flag --config missing", lambda t, m: ["tune", "--config", str(t / "missing.toml")],
           r"cannot read config file '.*missing\.toml'"),
     usage("flag --config .json", _json_config, r"config file '.*c\.json' must end in \.toml, \.yaml or \.yml"),
-    pytest.param(
-        usage("flag --logdir is a file", _logdir_is_a_file, r"hypergrad: error: .*afile"),
-        marks=pytest.mark.xfail(strict=True, reason="hypergrad/cli.py: cmd_tune does not check --logdir; "
-                                "TensorBoardLogger's os.makedirs raises FileExistsError, which main() does not "
-                                "catch: a traceback and exit code 1 (the 'diverged' code). Validate logdir (and "
-                                "out) before the run, or catch OSError in main() as exit 2."),
-    ),
-    pytest.param(
-        usage("flag --out is a directory", _out_is_a_directory, r"hypergrad: error: .*--out"),
-        marks=pytest.mark.xfail(strict=True, reason="hypergrad/cli.py: --out naming a directory is only "
-                                "noticed after the whole run, by _write_json's os.replace (IsADirectoryError, a "
-                                "traceback, exit code 1). Check that --out is not a directory before tuning."),
-    ),
+    usage("flag --logdir is a file", _logdir_is_a_file, r"hypergrad: error: .*afile"),
+    usage("flag --out is a directory", _out_is_a_directory, r"hypergrad: error: .*--out"),
     # ------------------------------------------------------------ TOML
     config(".toml", 'methd = "rbp"\n', r"unknown key 'methd' in '?.*c\.toml'?; allowed keys: .*method, "),
     config(".toml", 'inner_steps = "ten"\n', r"config key 'inner_steps' must be an integer, got 'ten'"),

@@ -205,14 +205,6 @@ def test_help_documents_the_exit_codes(capsys, argv):
         assert any(line.strip().startswith(code + " ") and words in line for line in text.splitlines()), code
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hypergrad/tuner.py Tuner.finish compares the final hyperparameters with the best but not "
-    "the best with the initial ones: with init_lr=1e6 (64-20-10 MLP) evaluation['best'] has val_loss "
-    "132400 > evaluation['initial'] 112382, against the module's promise that a tuned run never reports "
-    "worse hyperparameters than it started with. If evaluation['initial'] is lower, best should revert "
-    "to the initial hyperparameters (best_step 0).",
-)
 def test_reported_best_is_never_worse_than_the_initial_hyperparameters():
     cfg = TuneConfig(inner_steps=20, meta_steps=4, init_lr=1e6)
     problem = build_problem(RunConfig(dataset="digits", hidden=(20,)), cfg)[0]
