@@ -5,7 +5,9 @@ that ``InnerProblem.train`` takes ~90% of it, and that about a fifth of ``train`
 ``torch.func.functional_call`` re-binding the module's parameters at every step. This prototype
 runs the same update on the module's own parameters, in place (bound once per run), and checks
 that it returns the same ``h_T`` as ``InnerProblem.train``. It times, interleaved, ``reps`` runs
-of T steps of: the library's ``train``, the prototype, and ``torch.optim.SGD`` on the same batches.
+of T steps of: the library's ``train``, the prototype (with and without ``index_select``),
+``torch.optim.SGD`` on the same batches, and one whole Neumann-RBP (K=10) ``Tuner.meta_step`` —
+interleaving makes the ratios robust to the load of a shared machine.
 
     python -m benchmarks.prototype_inner_loop --inner-steps 1000 --reps 5 --out docs/results/perf_inner_loop.json
 """
@@ -97,13 +99,16 @@ def main(argv: list[str] | None = None) -> int:
     max_diff = max(float((a - b).abs().max()) for a, b in zip(ref, new))
     max_diff = max(max_diff, max(float((a - b).abs().max()) for a, b in zip(ref, new_is)))
     times: dict[str, list[float]] = {"library_train": [], "prototype_in_place": [],
-                                     "prototype_in_place_index_select": [], "torch_optim_sgd": []}
+                                     "prototype_in_place_index_select": [], "torch_optim_sgd": [],
+                                     "neumann_k10_meta_step": []}
+    tuner.meta_step()  # warm-up of the whole meta step (Neumann-RBP, K=10, the tuner's defaults)
     for r in range(args.reps):
         b = tuner._batches(r + 1)
         for name, fn in (("library_train", lambda b=b: problem.train(hp, b)),
                          ("prototype_in_place", lambda b=b: fast_train(problem, hp, b)),
                          ("prototype_in_place_index_select", lambda b=b: fast_train(problem, hp, b, True)),
-                         ("torch_optim_sgd", lambda b=b: sgd_train(problem, b))):
+                         ("torch_optim_sgd", lambda b=b: sgd_train(problem, b)),
+                         ("neumann_k10_meta_step", tuner.meta_step)):
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
@@ -111,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"machine": machine(), "inner_steps": args.inner_steps, "per": args.per, "reps": args.reps,
               "max_abs_diff_vs_library": max_diff, "median_s": med, "times_s": times,
               "library_over_sgd": med["library_train"] / med["torch_optim_sgd"],
-              "prototype_over_sgd": med["prototype_in_place"] / med["torch_optim_sgd"]}
+              "prototype_over_sgd": med["prototype_in_place"] / med["torch_optim_sgd"],
+              "neumann_meta_step_over_sgd": med["neumann_k10_meta_step"] / med["torch_optim_sgd"]}
     for k, v in med.items():
         print(f"{k:32s} {v:.3f} s  ({v / med['torch_optim_sgd']:.2f} x SGD)")
     print(f"max |h_T(prototype) - h_T(library)| = {max_diff:.3g}")
