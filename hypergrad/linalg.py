@@ -81,6 +81,10 @@ class SolveInfo(NamedTuple):
     matvecs: int
 
 
+def _eps(b: Tree) -> float:
+    return float(torch.finfo(b[0].dtype if b else torch.float64).eps)
+
+
 def _precision_tol(b: Tree) -> float:
     dtype = b[0].dtype if b else torch.float64
     return math.sqrt(torch.finfo(dtype).eps)
@@ -118,15 +122,16 @@ def _make_info(
     )
 
 
-def _rate(norms: list[float], window: int = 5) -> float:
+def _rate(norms: list[float], window: int = 5, eps: float = float(torch.finfo(torch.float64).eps)) -> float:
     """Geometric-mean growth factor of the last ``window`` successive norms.
 
-    Norms that have reached round-off (below ``eps * 10`` of the first) carry no
-    information about the operator and are ignored; ``nan`` when too few remain.
+    Norms that have reached round-off (below ``10 eps`` of the first, with ``eps`` of
+    the iterates' dtype) carry no information about the operator and are ignored;
+    ``nan`` when too few remain.
     """
     if not norms or not math.isfinite(norms[0]):
         return float("nan")
-    floor = norms[0] * 10 * torch.finfo(torch.float64).eps
+    floor = norms[0] * 10 * eps
     usable = []
     for x in norms:
         if not math.isfinite(x):
@@ -210,7 +215,7 @@ def neumann(
         for gi, vi in zip(g, v):
             gi.add_(vi)
         terms += 1
-    return g, _make_info("neumann", terms, history, stop_reason, tol, b, _rate(norms), matvecs)
+    return g, _make_info("neumann", terms, history, stop_reason, tol, b, _rate(norms, eps=_eps(b)), matvecs)
 
 
 def fixed_point(
@@ -263,7 +268,7 @@ def fixed_point(
             break
         x = x_next
         done += 1
-    return x, _make_info("rbp", done, history, stop_reason, tol, b, _rate(diffs), matvecs)
+    return x, _make_info("rbp", done, history, stop_reason, tol, b, _rate(diffs, eps=_eps(b)), matvecs)
 
 
 def cg_normal(
