@@ -1,7 +1,7 @@
 """Where the time of one meta step goes: cProfile and torch.profiler on the §5.3 problem.
 
     python -m benchmarks.profile_meta_step --method neumann --inner-steps 1000 --truncate 10 \\
-        --out docs/results/perf_profile_neumann.txt
+        --out docs/results/perf_profile_neumann.json
 """
 
 from __future__ import annotations
@@ -61,7 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text.replace(str(Path.cwd()) + "/", ""))
+        text = text.replace(str(Path.cwd()) + "/", "")
+        if args.out.suffix == ".json":  # {"command", "wall_s", "text"}
+            import json
+
+            text = json.dumps({"command": "python -m benchmarks.profile_meta_step " + " ".join(sys.argv[1:]),
+                               "wall_s_under_cprofile": wall, "text": text}, indent=1)
+        args.out.write_text(text)
     return 0
 
 
