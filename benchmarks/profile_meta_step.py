@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import os
 import pstats
 import sys
 import time
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        text = text.replace(str(Path.cwd()) + "/", "")
+        text = text.replace(str(Path.cwd()) + "/", "").replace(str(Path(os.__file__).parent) + "/", "<python-stdlib>/")
         if args.out.suffix == ".json":  # {"command", "wall_s", "text"}
             import json
 
