@@ -17,6 +17,7 @@ and the benchmarks, so every method trains exactly the same way.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -175,16 +176,22 @@ class InnerProblem:
     ) -> Tree:
         """Run the inner loop over ``batches`` (rows of indices) without a graph.
 
-        The hot path: in-place foreach updates on a private copy of the state,
-        with the learning rates and momenta fixed for the run. Under
-        ``parallel``, each rank computes the gradient on its shard of every row
-        and the gradients are averaged over ranks before the update.
+        The hot path, as lean as ``torch.optim``: a private deep copy of the model is
+        trained in place (its parameters bound once, no ``functional_call`` per step),
+        with foreach updates and the learning rates and momenta fixed for the run. The
+        copy makes concurrent calls safe (Optuna's ``n_jobs`` threads) and starts every
+        run from the model's initial buffers. Under ``parallel``, each rank computes the
+        gradient on its shard of every row and the gradients are averaged over ranks.
         """
         par = self.parallel
         n = self.num_tensors
-        h = self.initial_state() if state is None else tuple(t.detach().clone() for t in state)
-        w, v = list(h[:n]), list(h[n:])
+        h = self.initial_state() if state is None else tuple(t.detach() for t in state)
+        model = copy.deepcopy(self.model)
+        w = [p for p in model.parameters() if p.requires_grad]
         with torch.no_grad():
+            for wi, hi in zip(w, h[:n]):
+                wi.copy_(hi)
+            v = [t.clone() for t in h[n:]]
             lrs, moms = self.spec.per_tensor([p.detach() for p in hparams])
             if lrs[0].dim() == 0:
                 lrs_s: list = [float(a) for a in lrs]
@@ -195,21 +202,18 @@ class InnerProblem:
             for t, idx in enumerate(batches):
                 if par is not None:
                     idx = par.shard(idx)
-                x, y = self.x_train[idx], self.y_train[idx]
+                x = self.x_train.index_select(0, idx)
+                y = self.y_train.index_select(0, idx)
                 with torch.enable_grad():
-                    w_in = [wi.requires_grad_(True) for wi in w]
-                    loss = self.loss(w_in, x, y)
-                    grads = torch.autograd.grad(loss, w_in)
+                    grads = torch.autograd.grad(self.loss_fn(model(x), y), w)
                 if par is not None:
                     par.all_reduce_mean_(grads)
-                for wi in w:
-                    wi.requires_grad_(False)
                 torch._foreach_mul_(v, moms_s)
                 torch._foreach_add_(v, torch._foreach_mul(grads, neg_damp))
                 torch._foreach_add_(w, torch._foreach_mul(v, lrs_s))
                 if on_step is not None:
                     on_step(t, tuple(w) + tuple(v))
-        return tuple(w) + tuple(v)
+            return tuple(wi.detach().clone() for wi in w) + tuple(v)
 
     # ------------------------------------------------------------------ losses
     def eval_loss(self, weights: Sequence[Tensor], split: str = "val", chunk: int = 4096) -> Tensor:
