@@ -13,15 +13,16 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from hypergrad._io import json_safe as _json_safe
+from hypergrad._io import write_json as _write_json
 
 EXIT_OK, EXIT_DIVERGED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -149,17 +150,6 @@ def _collect(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             values[key] = parse_hidden(value) if key == "hidden" else value
     return values
-
-
-def _write_json(path: str | Path, data: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, allow_nan=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------- tune
@@ -313,7 +303,7 @@ def cmd_check_grad(args: argparse.Namespace) -> int:
                 f"{r['norm']:>10.4g} {r['seconds']:>8.2f}"
             )
     if args.out:
-        _write_json(args.out, {"config": cfg.to_dict(), "run": {"dataset": run.dataset}, "rows": rows})
+        _write_json(args.out, _json_safe({"config": cfg.to_dict(), "run": {"dataset": run.dataset}, "rows": rows}))
     del torch
     return EXIT_OK
 

@@ -48,6 +48,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hypergrad._io import json_safe as _json_safe
 from hypergrad.baselines import (
     PRUNERS,
     SAMPLERS,
@@ -513,16 +514,6 @@ def _log_tensorboard(logdir: Path, trace: Trace, inner_steps: int) -> None:
 
 def _redact(url: str | None) -> str | None:
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url) if url else url
-
-
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    return x
 
 
 # ---------------------------------------------------------------------- the driver

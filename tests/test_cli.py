@@ -90,3 +90,14 @@ def test_module_entry_point_and_help_lists_exit_codes():
                           timeout=120)
     assert proc.returncode == 0
     assert "Exit codes:" in proc.stdout and "130" in proc.stdout
+
+
+def test_check_grad_json_is_strict_even_without_a_spectral_radius(tmp_path, capsys):
+    """CG-RBP reports no spectral-radius estimate (nan): the JSON holds null, never NaN."""
+    out = tmp_path / "cg.json"
+    assert main(["check-grad", "--inner-steps", "10", "--truncate", "3", "--hidden", "8",
+                 "--methods", "bptt,cg", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "NaN" not in text
+    rows = {r["method"]: r for r in json.loads(text)["rows"]}
+    assert rows["cg"]["solver"]["spectral_radius"] is None
