@@ -123,42 +123,28 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
                 opt.step()
 
         def step(salt: int) -> tuple[float, float]:
-            b = tuner._batches(salt)
+            b = tuner.batches(salt)
             _sync(device)
             t0 = time.perf_counter()
             once(b)
             _sync(device)
             return time.perf_counter() - t0, float("nan")
 
-        once(tuner._batches(0)[:warm_t])
+        once(tuner.batches(0)[:warm_t])
     else:
         warm = Tuner(problem, dataclasses.replace(cfg, inner_steps=warm_t))
         warm.meta_step()
         del warm
         tuner = Tuner(problem, cfg)
-        marks: list[float] = []
-        # The meta loss is evaluated right after the T inner steps (``Tuner.meta_loss``; older
-        # versions named it ``_meta_loss``): wrap it on the instance to time the phase after them.
-        name = "meta_loss" if hasattr(tuner, "meta_loss") and callable(tuner.meta_loss) else "_meta_loss"
-        inner_meta_loss = getattr(tuner, name)
-
-        def timed_meta_loss(weights):
-            _sync(device)
-            marks.append(time.perf_counter())
-            return inner_meta_loss(weights)
-
-        setattr(tuner, name, timed_meta_loss)
-        if name == "meta_loss" and hasattr(tuner, "_meta_loss"):
-            tuner._meta_loss = timed_meta_loss
-
         def step(salt: int) -> tuple[float, float]:
-            marks.clear()
             _sync(device)
             t0 = time.perf_counter()
-            tuner.meta_step()
+            record = tuner.meta_step()
             _sync(device)
             t1 = time.perf_counter()
-            return t1 - t0, (t1 - marks[0]) if marks else float("nan")
+            # the phase after the T inner steps (Tuner records how long the inner steps took)
+            inner = record.get("inner_seconds")
+            return t1 - t0, (t1 - t0 - inner) if inner is not None else float("nan")
 
     _sync(device)
     reset_ok = reset_peak()

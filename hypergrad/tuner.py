@@ -342,13 +342,9 @@ class Tuner:
             return base * 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
         return base
 
-    _batches = batches  # deprecated private name, kept for benchmark scripts
-
     def meta_loss(self, weights: Sequence[Tensor]) -> Tensor:
         """The meta loss of inner weights: validation loss (default) or the whole training loss."""
         return self.problem.eval_loss(weights, "train" if self.config.meta_loss == "train" else "val")
-
-    _meta_loss = meta_loss  # deprecated private name, kept for benchmark scripts
 
     def hypergradient(
         self, hparams: Tree, batches: Tensor, method: str | None = None, salt: int = 0
@@ -365,6 +361,7 @@ class Tuner:
         n = problem.num_tensors
         hp = tuple(h.detach() for h in hparams)
         stats: dict[str, Any] = {}
+        start = time.perf_counter()
         if method in UNROLLED_METHODS:
             k = cfg.inner_steps if method == "bptt" else cfg.truncate
             prefix = cfg.inner_steps - k
@@ -376,6 +373,7 @@ class Tuner:
                 return problem.step(state, p, problem.x_train[idx], problem.y_train[idx])
 
             def loss_fn(state: Tree) -> tuple[Tensor, tuple[Tensor, Tree]]:
+                stats["inner_seconds"] = time.perf_counter() - start  # the T steps, before the backward
                 loss = self.meta_loss(state[:n])
                 return loss, (loss.detach(), tuple(s.detach() for s in state))
 
@@ -383,6 +381,7 @@ class Tuner:
             return grad, h_t, meta_loss, stats
 
         h_t = problem.train(hp, batches)
+        stats["inner_seconds"] = time.perf_counter() - start
         with torch.enable_grad():
             w_leaf = tuple(w.detach().requires_grad_(True) for w in h_t[:n])
             meta_loss = self.meta_loss(w_leaf)
@@ -619,6 +618,7 @@ class Tuner:
             "action": action,
             "meta_lr": self._meta_lr(),
             "seconds": time.perf_counter() - t0,
+            "inner_seconds": stats.get("inner_seconds"),
             "hyperparameters": self.spec.describe(hparams),  # those this step evaluated
         }
         self.history.append(record)
