@@ -24,45 +24,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from hypergrad._profiling import library_version, reset_peak, status_kib
+
 MIB = 1024.0  # /proc reports KiB
 
 
-def library_version() -> dict[str, str]:
-    """A hash of the hypergrad sources this process imported (the tree changes while benchmarks run)."""
-    import hashlib
-    import subprocess
-    from pathlib import Path
-
-    import hypergrad
-
-    root = Path(hypergrad.__file__).parent
-    h = hashlib.sha1()
-    for f in sorted(root.rglob("*.py")):
-        h.update(f.read_bytes())
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=10, check=False).stdout.strip()
-    except OSError:
-        head = ""
-    return {"git_head": head, "hypergrad_sources_sha1": h.hexdigest()[:12]}
 
 
-def status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def reset_peak() -> bool:
-    """Reset VmHWM to the current RSS; False where the kernel does not allow it."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def _setup(spec: dict[str, Any]):

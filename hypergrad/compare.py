@@ -635,29 +635,9 @@ def _range(text: str) -> tuple[float, float]:
     return lo, hi
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
-    return value
-
-
 def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``compare`` flags: tune's data/model flags plus methods, budget, seeds, Optuna and output."""
-    from hypergrad.cli import _add_problem_flags
+    from hypergrad.cli import _add_problem_flags, _positive_float, _positive_int
 
     _add_problem_flags(parser)
     g = parser.add_argument_group("comparison")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from hypergrad._profiling import reset_peak, status_kib
 from recipes.gnn_citation import config as C
 from recipes.gnn_citation.train import GNN_METHODS, LABELS, gnn_gradients
 
@@ -36,21 +37,8 @@ _TIMING_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "
                "MALLOC_TOP_PAD_": "536870912", "OMP_NUM_THREADS": "1"}
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 class SavedBytes:
@@ -104,10 +92,10 @@ def probe(dataset: str, method: str, steps: int, truncate: int, epochs: int, dat
             p.grad = g
         opt.step()
 
-    reset_ok = _reset_peak()
-    base = _status_kib("VmRSS")
+    reset_ok = reset_peak()
+    base = status_kib("VmRSS")
     epoch()
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     counter = SavedBytes()
     epoch(counter)
     wall: list[float] = []

@@ -25,6 +25,7 @@ from typing import Any
 import tomllib
 import torch
 
+from hypergrad._profiling import library_version
 from hypergrad.config import RunConfig
 from hypergrad.tuner import TUNE_METHODS, TuneConfig, Tuner
 from hypergrad.workloads import build_problem, load_split
@@ -94,23 +95,6 @@ def jobs_from(recipe: dict[str, Any], settings: list[str], grid: list[tuple[int,
     return jobs
 
 
-def library_version() -> dict[str, str]:
-    """A hash of the hypergrad sources this process imported: the shared tree changes between runs."""
-    import hashlib
-    import subprocess
-
-    import hypergrad
-
-    root = Path(hypergrad.__file__).parent
-    h = hashlib.sha1()
-    for f in sorted(root.rglob("*.py")):
-        h.update(f.read_bytes())
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=10, check=False).stdout.strip()
-    except OSError:
-        head = ""
-    return {"git_head": head, "hypergrad_sources_sha1": h.hexdigest()[:12]}
 
 
 def run_job(job: Job, recipe: dict[str, Any], split: Any, data_root: str | None) -> dict[str, Any]:
