@@ -248,6 +248,10 @@ def fixed_point_grad(
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
     if not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    if init is not None and method != "rbp":
+        raise ValueError(f"init applies to method 'rbp' only, not {method!r}")
+    if stop_on_growth and method != "neumann":
+        raise ValueError(f"stop_on_growth applies to method 'neumann' only, not {method!r}")
     if jvp not in ("double_vjp", "forward"):
         raise ValueError(f"unknown jvp mode {jvp!r}; expected 'double_vjp' or 'forward'")
     state_t = as_tree(state, "state")

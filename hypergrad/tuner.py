@@ -414,7 +414,7 @@ class Tuner:
                 state_grad,
                 method=method,
                 max_iter=cfg.truncate,
-                stop_on_growth=cfg.stop_on_growth,
+                stop_on_growth=cfg.stop_on_growth and method == "neumann",
             )
             grads.append(g)
             infos.append(info)
@@ -468,7 +468,7 @@ class Tuner:
 
         g, info = fixed_point_grad(
             step, stack(h_t), stack(hp), stack(state_grad), method=method, max_iter=cfg.truncate,
-            stop_on_growth=cfg.stop_on_growth,
+            stop_on_growth=cfg.stop_on_growth and method == "neumann",
         )
         return [tuple(t[i] for t in g) for i in range(m)], info
 

@@ -587,3 +587,20 @@ def test_property_gru_proposition_4(hidden: int, batch: int, scale: float, seed:
     g_neumann, _ = run(p, "neumann", max_iter=k)
     g_rbp, _ = run(p, "rbp", max_iter=k + 1)
     assert rel_err(g_neumann, g_rbp) <= 1e-12
+
+
+@pytest.mark.parametrize(
+    ("method", "kwargs", "match"),
+    [
+        ("neumann", {"init": "uniform"}, r"init applies to method 'rbp' only, not 'neumann'"),
+        ("cg", {"init": "zeros"}, r"init applies to method 'rbp' only, not 'cg'"),
+        ("rbp", {"stop_on_growth": True}, r"stop_on_growth applies to method 'neumann' only, not 'rbp'"),
+    ],
+)
+def test_options_of_other_methods_are_refused_not_ignored(method: str, kwargs: dict, match: str) -> None:
+    def step(s, p):
+        return (0.5 * torch.tanh(s[0]) + p[0],)
+
+    h, w = (torch.zeros(3, dtype=DT),), (torch.ones(3, dtype=DT),)
+    with pytest.raises(ValueError, match=match):
+        hypergrad.fixed_point_grad(step, h, w, (torch.ones(3, dtype=DT),), method=method, **kwargs)
