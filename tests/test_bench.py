@@ -24,7 +24,8 @@ def _check_row(row: dict) -> None:
     assert "truncate" in row
     assert len(row["wall_s_all"]) == row["reps"]
     assert row["wall_s"] > 0 and math.isfinite(row["wall_s"])
-    assert row["total_peak_mib"] >= row["baseline_mib"] > 0
+    # The kernel updates VmHWM from per-thread RSS counters lazily: allow it to trail VmRSS by < 1 MiB.
+    assert row["total_peak_mib"] >= row["baseline_mib"] - 1.0 and row["baseline_mib"] > 0
     assert row["peak_mib"] == pytest.approx(row["total_peak_mib"] - row["baseline_mib"])
 
 
