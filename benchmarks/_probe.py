@@ -35,6 +35,20 @@ MIB = 1024.0  # /proc reports KiB
 
 
 
+def sgd_train(problem: Any, batches: torch.Tensor, lr: float = math.exp(-1), mom: float = 0.5) -> None:
+    """The floor: the same T steps and minibatches with torch.optim.SGD on the problem's nn.Module."""
+    model = problem.model
+    with torch.no_grad():
+        for p, w in zip(model.parameters(), problem.w0):
+            p.copy_(w)
+    opt = torch.optim.SGD(model.parameters(), lr=lr * (1 - mom), momentum=mom)
+    for idx in batches:
+        loss = F.cross_entropy(model(problem.x_train[idx]), problem.y_train[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
 def _setup(spec: dict[str, Any]):
     from hypergrad.config import RunConfig
     from hypergrad.inner import InnerProblem
@@ -71,26 +85,16 @@ def _sync(device: str) -> None:
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Set up, warm up, then time ``spec["reps"]`` meta steps and read the peak RSS."""
     torch.set_num_threads(1)
-    cfg, problem, split, Tuner = _setup(spec)
+    cfg, problem, _split, Tuner = _setup(spec)
     method = spec["method"]
     device = spec.get("device", "cpu")
     warm_t = min(cfg.inner_steps, max(cfg.truncate, 20))
     if method == "sgd":
         # The floor: the same T steps and minibatches with torch.optim.SGD on the same nn.Module.
-        model = problem.model
         tuner = Tuner(problem, cfg)
-        lr, mom = math.exp(-1), 0.5
 
         def once(batches: torch.Tensor) -> None:
-            with torch.no_grad():
-                for p, w in zip(model.parameters(), problem.w0):
-                    p.copy_(w)
-            opt = torch.optim.SGD(model.parameters(), lr=lr * (1 - mom), momentum=mom)
-            for idx in batches:
-                loss = F.cross_entropy(model(split.x_train[idx]), split.y_train[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+            sgd_train(problem, batches)
 
         def step(salt: int) -> tuple[float, float]:
             b = tuner.batches(salt)

@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from benchmarks._driver import machine, write_json
+from benchmarks._probe import sgd_train
 
 
 def fast_train(problem, hparams, batches, index_select: bool = False):
@@ -59,19 +59,6 @@ def fast_train(problem, hparams, batches, index_select: bool = False):
         for p, w in zip(params, problem.w0):
             p.copy_(w)
     return out
-
-
-def sgd_train(problem, batches, lr: float = 0.36787944117144233, mom: float = 0.5):  # lr = exp(-1)
-    model = problem.model
-    with torch.no_grad():
-        for p, w in zip(model.parameters(), problem.w0):
-            p.copy_(w)
-    opt = torch.optim.SGD(model.parameters(), lr=lr * (1 - mom), momentum=mom)
-    for idx in batches:
-        loss = F.cross_entropy(model(problem.x_train[idx]), problem.y_train[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
 
 
 def main(argv: list[str] | None = None) -> int:

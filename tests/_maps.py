@@ -251,3 +251,17 @@ def fd_directional(
         return float(loss(solve_forward(step, state0, p, iters=iters)))
 
     return (value(1.0) - value(-1.0)) / (2 * eps)
+
+
+def saved_numel(fn) -> int:
+    """Total number of elements autograd saves for backward while ``fn`` runs."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total

@@ -29,6 +29,7 @@ from tests._maps import (
     make_gru_problem,
     make_tanh_problem,
     rel_err,
+    saved_numel,
     solve_forward,
     spectral_radius,
     state_jacobian,
@@ -415,19 +416,6 @@ class CountingStep:
         self.calls += 1
         return self.step(state, params)
 
-
-def saved_numel(fn) -> int:
-    """Total number of elements autograd saves for backward while ``fn`` runs."""
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        total += t.numel()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return total
 
 
 @pytest.mark.parametrize(("mid", "method", "kwargs"), METHODS, ids=METHOD_IDS)

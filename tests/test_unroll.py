@@ -28,6 +28,7 @@ from tests._maps import (
     make_gru_problem,
     make_tanh_problem,
     rel_err,
+    saved_numel,
     tanh_map,
     unflat,
 )
@@ -169,18 +170,6 @@ def test_step_called_num_steps_times_in_order(num_steps: int, truncate: int | No
     k = num_steps if truncate is None else truncate
     assert rec.grad_enabled == [False] * (num_steps - k) + [True] * k
 
-
-def saved_numel(fn) -> int:
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        total += t.numel()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return total
 
 
 def test_tbptt_memory_grows_with_truncate_not_num_steps() -> None:

@@ -299,12 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for key in ("curves", "table"):
                 if part.get(key) and not results.get(key):
                     results[key] = part[key]
-        if args.figdir is not None:
-            for path in make_figures(results, args.figdir, args.fig_prefix):
-                print(f"wrote {path}")
-        print(curve_summary(results))
-        print(success_table(results))
-        return 0
+        return _report(results, args)
     if args.quick:
         args.trials, args.iterations, args.curve_iterations = 1, 2, 2
         args.truncations, args.val_every = [10], 2
@@ -347,6 +342,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["seconds"] = time.perf_counter() - t0
     save()
     print(f"wrote {args.out}")
+    return _report(results, args)
+
+
+def _report(results: dict, args: argparse.Namespace) -> int:
+    """Figures (with ``--figdir``) and the two summary tables."""
     if args.figdir is not None:
         for path in make_figures(results, args.figdir, args.fig_prefix):
             print(f"wrote {path}")
