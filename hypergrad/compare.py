@@ -33,7 +33,6 @@ and ``compare/best_meta_loss_vs_ms`` against wall milliseconds.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import math
 import os
@@ -366,11 +365,8 @@ def sgd_evaluate(
     Runs over ``batches`` (rows of training indices, ``T`` of them) and reports
     validation/test loss and accuracy of the result (``None`` where non-finite).
     """
-    model = copy.deepcopy(problem.model)
+    model = problem.fresh_model()
     params = [p for p in model.parameters() if p.requires_grad]
-    with torch.no_grad():
-        for p, w in zip(params, problem.w0):
-            p.copy_(w)
     opt = torch.optim.SGD(to_sgd_param_groups(spec, hparams, params))
     model.train()
     for idx in batches:

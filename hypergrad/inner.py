@@ -18,6 +18,7 @@ and the benchmarks, so every method trains exactly the same way.
 from __future__ import annotations
 
 import copy
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -76,12 +77,19 @@ class InnerProblem:
     spec: HyperSpec = field(init=False)
     w0: tuple[Tensor, ...] = field(init=False)
     buffers: dict[str, Tensor] = field(init=False)
+    _template: nn.Module = field(init=False, repr=False, compare=False)
+    _local: threading.local = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.spec = HyperSpec.build([(n, p.shape) for n, p in named], self.per)
         self.w0 = tuple(p.detach().clone() for _, p in named)
-        self.buffers = {n: b.detach() for n, b in self.model.named_buffers()}
+        # functional_call swaps tensors into the module it runs for the duration of the
+        # call, so one module must never serve two threads at once (Optuna's n_jobs): a
+        # pristine template is only ever deep-copied, and every thread runs its own copy.
+        self._template = copy.deepcopy(self.model)
+        self._local = threading.local()
+        self.buffers = {n: b.detach() for n, b in self._template.named_buffers()}
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
         for name, x, y in (("train", self.x_train, self.y_train), ("val", self.x_val, self.y_val)):
@@ -95,11 +103,26 @@ class InnerProblem:
     def num_tensors(self) -> int:
         return len(self.w0)
 
+    def _module(self) -> nn.Module:
+        """This thread's own copy of the model, the one :func:`functional_call` runs."""
+        module = getattr(self._local, "module", None)
+        if module is None:
+            module = self._local.module = copy.deepcopy(self._template)
+        return module
+
+    def fresh_model(self) -> nn.Module:
+        """A private deep copy of the model with the starting weights :math:`w_0` and buffers."""
+        model = copy.deepcopy(self._template)
+        with torch.no_grad():
+            for p, w in zip((p for p in model.parameters() if p.requires_grad), self.w0):
+                p.copy_(w)
+        return model
+
     def forward(self, weights: Sequence[Tensor], x: Tensor) -> Tensor:
         """The model's output with ``weights`` substituted for its parameters."""
         params = dict(zip(self.spec.param_names, weights))
         params.update(self.buffers)
-        return functional_call(self.model, params, (x,))
+        return functional_call(self._module(), params, (x,))
 
     def loss(self, weights: Sequence[Tensor], x: Tensor, y: Tensor) -> Tensor:
         return self.loss_fn(self.forward(weights, x), y)
@@ -147,11 +170,12 @@ class InnerProblem:
         w, v = state[:n], state[n:]
         build_graph = torch.is_grad_enabled()
         names = self.spec.param_names
+        module = self._module()
 
         def one_loss(weights: tuple[Tensor, ...], xb: Tensor, yb: Tensor) -> Tensor:
             params = dict(zip(names, weights))
             params.update(self.buffers)
-            return self.loss_fn(functional_call(self.model, params, (xb,)), yb)
+            return self.loss_fn(functional_call(module, params, (xb,)), yb)
 
         with torch.enable_grad():
             w_in = tuple(t if (build_graph and t.requires_grad) else t.detach().requires_grad_(True) for t in w)
@@ -186,7 +210,7 @@ class InnerProblem:
         par = self.parallel
         n = self.num_tensors
         h = self.initial_state() if state is None else tuple(t.detach() for t in state)
-        model = copy.deepcopy(self.model)
+        model = copy.deepcopy(self._template)
         w = [p for p in model.parameters() if p.requires_grad]
         with torch.no_grad():
             for wi, hi in zip(w, h[:n]):
