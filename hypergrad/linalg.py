@@ -366,6 +366,7 @@ def gmres(
     k = 0
     for j in range(max_iter):
         w = tree_sub(basis[j], apply_m(basis[j]))
+        wnorm = tree_norm(w)
         for i in range(j + 1):  # modified Gram-Schmidt
             hij = tree_dot(w, basis[i])
             h[i, j] = hij
@@ -382,7 +383,10 @@ def gmres(
         y = torch.linalg.lstsq(h[: k + 1, :k], e1.unsqueeze(1)).solution.squeeze(1)
         res = float(torch.linalg.vector_norm(h[: k + 1, :k] @ y - e1)) / bnorm
         history.append(res)
-        if hnext <= 1e-14 * bnorm:
+        # Happy breakdown: the new direction lies in the Krylov space up to the round-off of
+        # the orthogonalisation (relative to the vector itself: the basis is orthonormal, so
+        # the scale of b must not enter), or the residual is already at round-off level.
+        if hnext <= 1e-12 * wnorm or res <= torch.finfo(dtype).eps:
             stop_reason = "breakdown" if res > (tol or _precision_tol(b)) else "tol"
             break
         if tol > 0 and res <= tol:

@@ -373,3 +373,15 @@ def test_power_iteration_bad_num_iter_is_value_error() -> None:
     b = rhs()
     with pytest.raises(ValueError, match=r">= 1, got 0"):
         linalg.power_iteration(operator(with_spectral_radius(0.5), b), b, num_iter=0)
+
+
+@pytest.mark.parametrize("scale", [1e-8, 1.0, 1e8])
+def test_gmres_exhausts_the_krylov_space_at_any_scale_of_b(scale: float) -> None:
+    # An N x N system: GMRES is exact after at most N steps whatever the norm of b, and stops
+    # there (a breakdown test against |b| stopped too early for large b and never for small b).
+    mat = with_spectral_radius(0.8, seed=9)
+    b = tuple(scale * t for t in rhs(9))
+    x, info = run("gmres", mat, b, max_iter=N + 5)
+    assert info.iterations <= N
+    assert info.converged
+    assert true_residual(mat, x, b) <= 1e-10
