@@ -358,7 +358,7 @@ def run_hybrid(
 
 # ---------------------------------------------------------------------- what users want
 def sgd_evaluate(
-    problem: InnerProblem, split: Split, spec: HyperSpec, hparams: Sequence[Tensor], batches: Tensor
+    problem: InnerProblem, split: Split, spec: HyperSpec, hparams: Sequence[Tensor], batches: Sequence[Tensor] | Tensor
 ) -> dict[str, float | None]:
     """Train a fresh copy of the model from :math:`w_0` with ``torch.optim.SGD`` and the exported groups.
 

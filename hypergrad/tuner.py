@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from hypergrad._tree import Tree, tree_isfinite, tree_norm
 from hypergrad.hyperparams import GRANULARITIES, HyperSpec, to_sgd_param_groups
 from hypergrad.implicit import fixed_point_grad
-from hypergrad.inner import InnerProblem, batch_indices
+from hypergrad.inner import BatchSchedule, InnerProblem
 from hypergrad.unroll import unrolled_grad
 
 __all__ = [
@@ -323,16 +323,21 @@ class Tuner:
         torch.set_rng_state(state["torch_rng"])
 
     # ------------------------------------------------------------------ pieces
-    def _generator(self, salt: int) -> torch.Generator:
-        return torch.Generator().manual_seed(self.config.seed * 1_000_003 + salt)
+    def _seed(self, salt: int) -> int:
+        return self.config.seed * 1_000_003 + salt
 
-    def batches(self, salt: int) -> Tensor:
-        """The ``(T, B)`` minibatch indices of meta step ``salt`` (``-1``: the evaluation run).
+    def _generator(self, salt: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self._seed(salt))
+
+    def batches(self, salt: int) -> BatchSchedule:
+        """The ``T`` minibatches (rows of ``B`` indices) of meta step ``salt`` (``-1``: the evaluation run).
 
         Seeded by ``(seed, salt)``: every method, trial and rank trains on the same batches.
+        Drawn lazily, one epoch at a time (:class:`~hypergrad.inner.BatchSchedule`), so the
+        index memory does not grow with ``T``.
         """
-        return batch_indices(
-            len(self.problem.x_train), self.config.batch_size, self.config.inner_steps, self._generator(salt)
+        return BatchSchedule(
+            len(self.problem.x_train), self.config.batch_size, self.config.inner_steps, self._seed(salt)
         )
 
     def _meta_lr(self) -> float:
@@ -347,7 +352,7 @@ class Tuner:
         return self.problem.eval_loss(weights, "train" if self.config.meta_loss == "train" else "val")
 
     def hypergradient(
-        self, hparams: Tree, batches: Tensor, method: str | None = None, salt: int = 0
+        self, hparams: Tree, batches: Sequence[Tensor] | Tensor, method: str | None = None, salt: int = 0
     ) -> tuple[Tree, Tree, Tensor, dict[str, Any]]:
         """One inner run and its hypergradient.
 
