@@ -58,7 +58,8 @@ def _setup(spec: dict[str, Any]):
     method = spec["method"] if spec["method"] != "sgd" else "neumann"
     cfg = TuneConfig(method=method, inner_steps=spec["inner_steps"], truncate=spec["truncate"],
                      batch_size=spec["batch_size"], per=spec["per"], hyper_batches=spec["hyper_batches"],
-                     seed=0, meta_steps=10**6, stop_on_growth=spec.get("stop_on_growth", True))
+                     seed=0, meta_steps=10**6, stop_on_growth=spec.get("stop_on_growth", True),
+                     batch_hyper=spec.get("batch_hyper", True))
     run = RunConfig(dataset=spec["dataset"], data_root=spec.get("data_root"), hidden=(50, 50, 50))
     device = spec.get("device", "cpu")
     if device == "cpu":
@@ -166,6 +167,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "device": device,
         "chunked_meta_loss": spec.get("chunked_meta_loss"),
         "stop_on_growth": cfg.stop_on_growth,
+        "batch_hyper": cfg.batch_hyper,
         **library_version(),
         "torch": torch.__version__,
         **extra,
