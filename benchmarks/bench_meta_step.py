@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda (model and data on the GPU)")
     p.add_argument("--no-stop-on-growth", action="store_true",
                    help="run all K Neumann terms (the tuner's default stops the series when a term grows)")
+    p.add_argument("--no-batch-hyper", action="store_true",
+                   help="solve the M hyper-batch systems one after another instead of stacked")
     p.add_argument("--quick", action="store_true", help="T=20, K=5,10, 2 reps: checks the pipeline in < 1 min")
     p.add_argument("--out", type=Path, default=None, help="JSON with every row")
     p.add_argument("--markdown", type=Path, default=None, help="write the ratio table here too")
@@ -115,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("need T >= 1, reps >= 1 and 1 <= K <= T")
     base = {"inner_steps": t, "reps": reps, "batch_size": args.batch_size, "dataset": args.dataset,
             "data_root": args.data_root, "device": args.device,
-            "chunked_meta_loss": args.chunked_meta_loss, "stop_on_growth": not args.no_stop_on_growth}
+            "chunked_meta_loss": args.chunked_meta_loss, "stop_on_growth": not args.no_stop_on_growth,
+            "batch_hyper": not args.no_batch_hyper}
     start = time.perf_counter()
     info = machine()
     rows = _rows_for(methods, ks, base)

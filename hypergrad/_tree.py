@@ -21,6 +21,8 @@ __all__ = [
     "as_tree",
     "tree_add",
     "tree_axpy",
+    "tree_block_axpy",
+    "tree_block_dot",
     "tree_detach",
     "tree_dot",
     "tree_isfinite",
@@ -66,6 +68,24 @@ def tree_dot(a: Tree, b: Tree) -> Tensor:
     for x, y in zip(a, b, strict=True):
         out = out + torch.sum(x.to(torch.float64) * y.to(torch.float64))
     return out
+
+
+def tree_block_dot(a: Tree, b: Tree) -> Tensor:
+    """Per-block inner products, in float64: every tensor's leading axis indexes ``m`` blocks; shape ``(m,)``."""
+    out = None
+    for x, y in zip(a, b, strict=True):
+        part = (x.to(torch.float64) * y.to(torch.float64)).reshape(x.shape[0], -1).sum(dim=1)
+        out = part if out is None else out + part
+    if out is None:
+        raise ValueError("tree_block_dot of an empty tree")
+    return out
+
+
+def tree_block_axpy(alpha: Tensor, x: Tree, y: Tree) -> Tree:
+    """``alpha[k] * x[k] + y[k]`` for every block ``k`` (``alpha`` of shape ``(m,)``)."""
+    return tuple(
+        alpha.to(xi.dtype).reshape((-1,) + (1,) * (xi.dim() - 1)) * xi + yi for xi, yi in zip(x, y, strict=True)
+    )
 
 
 def tree_norm(a: Tree) -> float:

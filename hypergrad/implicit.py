@@ -51,14 +51,17 @@ def solve_adjoint(
     init: Tree | str | None = None,
     stop_on_growth: bool = False,
     generator: torch.Generator | None = None,
+    blocks: bool = False,
 ) -> tuple[Tree, SolveInfo]:
     r"""Solve :math:`(I - J^\top) z = b` by ``method`` given ``vjp(v) = J^T v``.
 
     ``jvp(u) = J u`` is needed by ``"cg"`` only. ``init`` applies to ``"rbp"``:
     ``None``/``"zeros"`` or ``"uniform"`` (U[0, 1], Algorithm 1), or a tree.
-    ``stop_on_growth`` applies to ``"neumann"``.
+    ``stop_on_growth`` applies to ``"neumann"``. ``blocks``: see :func:`fixed_point_grad`.
     """
     _check_method(method)
+    if blocks and method == "gmres":
+        raise ValueError("blocks=True is supported by methods 'cg', 'neumann' and 'rbp', not 'gmres'")
     if method == "neumann":
         return linalg.neumann(vjp, b, max_iter=max_iter, tol=tol, stop_on_growth=stop_on_growth)
     if method == "rbp":
@@ -78,7 +81,7 @@ def solve_adjoint(
     if method == "cg":
         if jvp is None:
             raise ValueError("method 'cg' needs a Jacobian-vector product (jvp)")
-        return linalg.cg_normal(vjp, jvp, b, max_iter=max_iter, tol=tol)
+        return linalg.cg_normal(vjp, jvp, b, max_iter=max_iter, tol=tol, blocks=blocks)
     return linalg.gmres(vjp, b, max_iter=max_iter, tol=tol)
 
 
@@ -200,6 +203,7 @@ def fixed_point_grad(
     jvp: JvpMode = "double_vjp",
     stop_on_growth: bool = False,
     generator: torch.Generator | None = None,
+    blocks: bool = False,
 ) -> tuple[Tree, SolveInfo]:
     r"""Gradient of a loss w.r.t. ``params`` through the steady state of ``step``.
 
@@ -226,6 +230,12 @@ def fixed_point_grad(
             (``torch.func.jvp``; needs a ``step`` that supports forward mode).
         stop_on_growth: Neumann only: stop the series when a term grows.
         generator: random generator for ``init="uniform"``.
+        blocks: every tensor of ``state`` (and ``state_grad``) carries a leading axis
+            of independent systems, and ``step`` never mixes them (a block-diagonal
+            Jacobian, e.g. ``M`` stacked minibatches under ``torch.func.vmap``). CG-RBP
+            then takes per-block step sizes and stopping tests, so the result equals
+            separate solves; Neumann and RBP act on each block alike anyway (their
+            ``tol`` and ``stop_on_growth`` watch the whole stack). Not for ``"gmres"``.
 
     Returns:
         ``(grads, info)``: a tuple aligned with ``params`` (zeros for a parameter
@@ -262,6 +272,9 @@ def fixed_point_grad(
     _check_float(state_t, "state")
     _check_float(params_t, "params")
     _check_like(grad_t, state_t, "state_grad", "state")
+    if blocks and (any(t.dim() == 0 for t in state_t) or len({t.shape[0] for t in state_t}) != 1):
+        raise ValueError("blocks=True needs every state tensor to share a leading block axis; got shapes "
+                         f"{[tuple(t.shape) for t in state_t]}")
     if not tree_isfinite(state_t):
         raise ValueError("state contains NaN or Inf; the fixed point is not finite")
     if not tree_isfinite(grad_t):
@@ -281,6 +294,7 @@ def fixed_point_grad(
         init=init,
         stop_on_growth=stop_on_growth,
         generator=generator,
+        blocks=blocks,
     )
     grads = graph.pull_back(tuple(t.detach() for t in z))
     return tuple(g.detach() for g in grads), info

@@ -29,6 +29,8 @@ import torch
 from hypergrad._tree import (
     Tree,
     tree_axpy,
+    tree_block_axpy,
+    tree_block_dot,
     tree_dot,
     tree_norm,
     tree_scale,
@@ -278,6 +280,7 @@ def cg_normal(
     *,
     max_iter: int = 20,
     tol: float = 0.0,
+    blocks: bool = False,
 ) -> tuple[Tree, SolveInfo]:
     r"""Conjugate gradient on the normal equations (CG-RBP, §4.1).
 
@@ -288,11 +291,34 @@ def cg_normal(
     costs one product with ``M`` and one with ``M^T``. The condition number is
     squared, so it converges more slowly than Neumann on well-conditioned
     problems, but it does not need the spectral radius of ``M`` below 1.
+
+    With ``blocks=True``, every tensor of ``b`` carries a leading axis of ``m``
+    independent systems and ``M`` must be block diagonal (it never mixes them, e.g.
+    a ``vmap``-ed map). Each block then gets its own step sizes and its own stopping
+    test, so the result equals ``m`` separate solves, computed with ``m`` times larger
+    tensor operations. The returned :class:`SolveInfo` aggregates the blocks: the
+    residual and its history are the largest relative residual of any block, and
+    ``iterations`` the most any block ran.
     """
     _check_common(max_iter, tol)
-    bnorm = tree_norm(b)
-    if bnorm == 0.0:
+    if not b:
         return _zero_rhs("cg", b)
+    if not blocks:  # one block: the same algorithm on views with a leading axis of size 1
+        def up(t: Tree) -> Tree:
+            return tuple(x.unsqueeze(0) for x in t)
+
+        def down(t: Tree) -> Tree:
+            return tuple(x.squeeze(0) for x in t)
+
+        x1, info = cg_normal(lambda v: up(apply_m(down(v))), lambda v: up(apply_mt(down(v))), up(b),
+                             max_iter=max_iter, tol=tol, blocks=True)
+        return down(x1), info
+    if not b or any(t.dim() == 0 for t in b) or len({t.shape[0] for t in b}) != 1:
+        raise ValueError("blocks=True needs every tensor of b to share a leading block axis")
+    bnorm = tree_block_dot(b, b).sqrt()
+    if float(bnorm.max()) == 0.0:
+        return _zero_rhs("cg", b)
+    safe_bnorm = torch.where(bnorm > 0, bnorm, torch.ones_like(bnorm))
 
     def a(v: Tree) -> Tree:
         return tree_sub(v, apply_m(v))
@@ -300,41 +326,50 @@ def cg_normal(
     def at(v: Tree) -> Tree:
         return tree_sub(v, apply_mt(v))
 
+    active = bnorm > 0  # a block with b = 0 is solved by x = 0
     x = tree_zeros_like(b)
     r = b
     s = at(r)
     p = s
-    gamma = tree_dot(s, s)
+    gamma = tree_block_dot(s, s)
     matvecs = 1
     history = [1.0]
     stop_reason = "max_iter"
+    broke = False
     it = 0
     while it < max_iter:
         q = a(p)
         matvecs += 1
-        qq = tree_dot(q, q)
-        if not bool(torch.isfinite(qq)) or not bool(torch.isfinite(gamma)):
+        qq = tree_block_dot(q, q)
+        if not bool(torch.isfinite(qq[active]).all()) or not bool(torch.isfinite(gamma[active]).all()):
             stop_reason = "nonfinite"
             history.append(float("nan"))
             break
-        if float(qq) == 0.0 or float(gamma) == 0.0:
-            stop_reason = "breakdown"
+        breakdown = active & ((qq == 0) | (gamma == 0))
+        broke = broke or bool(breakdown.any())
+        active = active & ~breakdown
+        if not bool(active.any()):
+            stop_reason = "breakdown" if broke else "tol"
             break
-        alpha = (gamma / qq).to(b[0].dtype)
-        x = tree_axpy(alpha, p, x)
-        r = tree_axpy(-alpha, q, r)
+        alpha = torch.where(active, gamma / torch.where(active, qq, torch.ones_like(qq)), torch.zeros_like(qq))
+        x = tree_block_axpy(alpha, p, x)
+        r = tree_block_axpy(-alpha, q, r)
         it += 1
-        history.append(tree_norm(r) / bnorm)
-        if tol > 0 and history[-1] <= tol:
-            stop_reason = "tol"
-            break
+        rel = tree_block_dot(r, r).sqrt() / safe_bnorm
+        history.append(float(rel.max()))
+        if tol > 0:
+            active = active & ~(rel <= tol)
+            if not bool(active.any()):
+                stop_reason = "tol"
+                break
         if it == max_iter:
             break
         s = at(r)
         matvecs += 1
-        gamma_new = tree_dot(s, s)
-        beta = (gamma_new / gamma).to(b[0].dtype)
-        p = tree_axpy(beta, p, s)
+        gamma_new = tree_block_dot(s, s)
+        beta = torch.where(active, gamma_new / torch.where(active, gamma, torch.ones_like(gamma)),
+                           torch.zeros_like(gamma))
+        p = tree_block_axpy(beta, p, s)
         gamma = gamma_new
     return x, _make_info("cg", it, history, stop_reason, tol, b, float("nan"), matvecs)
 

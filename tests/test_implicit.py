@@ -592,3 +592,32 @@ def test_options_of_other_methods_are_refused_not_ignored(method: str, kwargs: d
     h, w = (torch.zeros(3, dtype=DT),), (torch.ones(3, dtype=DT),)
     with pytest.raises(ValueError, match=match):
         hypergrad.fixed_point_grad(step, h, w, (torch.ones(3, dtype=DT),), method=method, **kwargs)
+
+
+# ---------------------------------------------------------------------- blocks=True
+@pytest.mark.parametrize("method", ["cg", "neumann", "rbp"])
+def test_blocks_equal_separate_fixed_point_grads(method: str) -> None:
+    """Three tanh problems stacked under vmap: one blocks=True call equals three separate calls."""
+    problems = [make_tanh_problem(contraction=c, seed=s) for c, s in ((0.5, 1), (0.9, 2), (0.7, 3))]
+
+    def stack(trees):
+        return tuple(torch.stack(parts) for parts in zip(*trees))
+
+    state, params, grad = (stack([getattr(p, f) for p in problems]) for f in ("state", "params", "state_grad"))
+    step = torch.func.vmap(problems[0].step)
+    got, info = hypergrad.fixed_point_grad(step, state, params, grad, method=method, max_iter=30, blocks=True)
+    for k, p in enumerate(problems):
+        want, _ = hypergrad.fixed_point_grad(p.step, p.state, p.params, p.state_grad, method=method, max_iter=30)
+        for a, b in zip((g[k] for g in got), want):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    assert info.iterations == 30 and not info.diverged
+
+
+def test_blocks_are_refused_where_they_cannot_apply() -> None:
+    p = make_tanh_problem()
+    with pytest.raises(ValueError, match="leading block axis"):
+        hypergrad.fixed_point_grad(p.step, p.state, p.params, p.state_grad, method="cg", blocks=True)
+    stacked = tuple(t.unsqueeze(0) for t in p.state)
+    with pytest.raises(ValueError, match="not 'gmres'"):
+        hypergrad.fixed_point_grad(torch.func.vmap(p.step), stacked, tuple(t.unsqueeze(0) for t in p.params),
+                                   tuple(t.unsqueeze(0) for t in p.state_grad), method="gmres", blocks=True)

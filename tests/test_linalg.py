@@ -385,3 +385,44 @@ def test_gmres_exhausts_the_krylov_space_at_any_scale_of_b(scale: float) -> None
     assert info.iterations <= N
     assert info.converged
     assert true_residual(mat, x, b) <= 1e-10
+
+
+# ---------------------------------------------------------------------- block-diagonal CG
+def _block_operator(mats: list[Tensor], like: tuple[Tensor, ...]):
+    """A block-diagonal operator: block k of every tensor is multiplied by ``mats[k]``."""
+
+    def apply(v):
+        rows = [flat(tuple(t[k] for t in v)) for k in range(len(mats))]
+        out = [unflat(m @ r, tuple(t[0] for t in like)) for m, r in zip(mats, rows)]
+        return tuple(torch.stack(parts) for parts in zip(*out))
+
+    return apply
+
+
+@pytest.mark.parametrize("tol", [0.0, 1e-6])
+def test_block_cg_equals_separate_solves(tol: float) -> None:
+    # blocks of very different difficulty (they converge at different iterations with tol > 0),
+    # non-symmetric, one block with b = 0, and one with spectral radius above 1 (CG does not need < 1)
+    mats = [with_spectral_radius(r, seed=s) for r, s in ((0.3, 1), (0.95, 2), (0.6, 3), (1.4, 4))]
+    singles = [rhs(10 + k) for k in range(4)]
+    singles[2] = tuple(torch.zeros_like(t) for t in singles[2])
+    b = tuple(torch.stack(parts) for parts in zip(*singles))
+    max_iter = 40
+    x, info = linalg.cg_normal(_block_operator(mats, b), _block_operator([m.T for m in mats], b), b,
+                               max_iter=max_iter, tol=tol, blocks=True)
+    worst, most = 0.0, 0
+    for k, (mat, bk) in enumerate(zip(mats, singles)):
+        xk, ik = run("cg_normal", mat, bk, max_iter=max_iter, tol=tol)
+        for a, c in zip((t[k] for t in x), xk):
+            torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12)
+        worst, most = max(worst, ik.residual), max(most, ik.iterations)
+    assert info.residual == pytest.approx(worst, rel=1e-8, abs=1e-15)
+    assert info.iterations == most
+    if tol > 0:
+        assert info.stop_reason == "tol" and info.converged
+
+
+def test_block_cg_is_refused_without_a_common_leading_axis() -> None:
+    b = (torch.ones(3, 2, dtype=DT), torch.ones(4, dtype=DT))
+    with pytest.raises(ValueError, match="leading block axis"):
+        linalg.cg_normal(lambda v: v, lambda v: v, b, blocks=True)
