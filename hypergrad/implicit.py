@@ -63,7 +63,7 @@ def solve_adjoint(
     if blocks and method == "gmres":
         raise ValueError("blocks=True is supported by methods 'cg', 'neumann' and 'rbp', not 'gmres'")
     if method == "neumann":
-        return linalg.neumann(vjp, b, max_iter=max_iter, tol=tol, stop_on_growth=stop_on_growth)
+        return linalg.neumann(vjp, b, max_iter=max_iter, tol=tol, stop_on_growth=stop_on_growth, blocks=blocks)
     if method == "rbp":
         start: Tree | None
         if init is None or (isinstance(init, str) and init == "zeros"):
@@ -233,9 +233,10 @@ def fixed_point_grad(
         blocks: every tensor of ``state`` (and ``state_grad``) carries a leading axis
             of independent systems, and ``step`` never mixes them (a block-diagonal
             Jacobian, e.g. ``M`` stacked minibatches under ``torch.func.vmap``). CG-RBP
-            then takes per-block step sizes and stopping tests, so the result equals
-            separate solves; Neumann and RBP act on each block alike anyway (their
-            ``tol`` and ``stop_on_growth`` watch the whole stack). Not for ``"gmres"``.
+            then takes per-block step sizes and stopping tests, and Neumann-RBP per-block
+            ``tol`` and ``stop_on_growth`` tests, so the result equals separate solves.
+            RBP's iteration acts on each block alike anyway (its ``tol`` watches the
+            whole stack). Not for ``"gmres"``. ``info`` aggregates the blocks.
 
     Returns:
         ``(grads, info)``: a tuple aligned with ``params`` (zeros for a parameter

@@ -165,6 +165,7 @@ def neumann(
     max_iter: int = 20,
     tol: float = 0.0,
     stop_on_growth: bool = False,
+    blocks: bool = False,
 ) -> tuple[Tree, SolveInfo]:
     r"""Truncated Neumann series, Algorithm 2 (Neumann-RBP), Eq. (16)-(17).
 
@@ -185,39 +186,98 @@ def neumann(
             previous term (``stop_reason == "growth"``). Safe-guards a series
             whose operator has spectral radius above 1 (Prop. 3 no longer bounds
             the error there).
+        blocks: every tensor of ``b`` carries a leading axis of ``m`` independent
+            systems and ``M`` is block diagonal. Each block then has its own ``tol``
+            and ``stop_on_growth`` tests (a stopped block's series is frozen while the
+            others go on), so the result equals ``m`` separate series. The returned
+            :class:`SolveInfo` aggregates the blocks: the largest residual, the most
+            terms, the largest spectral-radius estimate, and ``stop_reason="growth"``
+            when any block's series was stopped by a growing term.
     """
     _check_common(max_iter, tol)
-    bnorm = tree_norm(b)
-    if bnorm == 0.0:
+    if not b:
         return _zero_rhs("neumann", b)
+    if not blocks:  # one block: the same series on views with a leading axis of size 1
+        up, down = _one_block(b)
+        g1, info = neumann(lambda v: up(apply_m(down(v))), up(b), max_iter=max_iter, tol=tol,
+                           stop_on_growth=stop_on_growth, blocks=True)
+        return down(g1), info
+    _check_blocks(b)
+    bnorm = tree_block_dot(b, b).sqrt()
+    if float(bnorm.max()) == 0.0:
+        return _zero_rhs("neumann", b)
+    safe_bnorm = torch.where(bnorm > 0, bnorm, torch.ones_like(bnorm))
+    active = bnorm > 0
     g = tuple(bi.clone() for bi in b)
     v = b
     norms = [bnorm]
-    history: list[float] = []  # history[k]: residual of g_k = ||M^(k+1) b|| / ||b||
-    stop_reason = "max_iter"
+    residual = torch.zeros_like(bnorm)  # of each block's current sum: the norm of its next term / |b|
+    history: list[float] = []  # history[k]: the largest residual of any block after k terms
+    reasons: set[str] = set()
+    nonfinite = False
     terms = 0
     matvecs = 0
     while True:
         v = apply_m(v)
         matvecs += 1
-        vnorm = tree_norm(v)
+        vnorm = tree_block_dot(v, v).sqrt()
         norms.append(vnorm)
-        history.append(vnorm / bnorm)
-        if not math.isfinite(vnorm):
-            stop_reason = "nonfinite"
+        residual = torch.where(active, vnorm / safe_bnorm, residual)
+        history.append(float(residual.max()))
+        if not bool(torch.isfinite(vnorm[active]).all()):
+            nonfinite = True
             break
         if terms == max_iter:
+            reasons.add("max_iter")
             break
-        if tol > 0 and history[-1] <= tol:
-            stop_reason = "tol"
+        stop = torch.zeros_like(active)
+        if tol > 0:
+            done = active & (residual <= tol)
+            reasons.update(("tol",) if bool(done.any()) else ())
+            stop = stop | done
+        if stop_on_growth:
+            grew = active & (vnorm > norms[-2])
+            reasons.update(("growth",) if bool(grew.any()) else ())
+            stop = stop | grew
+        active = active & ~stop
+        if not bool(active.any()):
             break
-        if stop_on_growth and vnorm > norms[-2]:
-            stop_reason = "growth"
-            break
+        keep = active.to(v[0].dtype)
+        v = tree_block_axpy(keep, v, tree_zeros_like(v))  # a stopped block's series is frozen
         for gi, vi in zip(g, v):
             gi.add_(vi)
         terms += 1
-    return g, _make_info("neumann", terms, history, stop_reason, tol, b, _rate(norms, eps=_eps(b)), matvecs)
+    if nonfinite:
+        stop_reason = "nonfinite"
+    elif "growth" in reasons:
+        stop_reason = "growth"
+    elif "max_iter" in reasons or not reasons:
+        stop_reason = "max_iter"
+    else:
+        stop_reason = "tol"
+    eps = _eps(b)
+    rates = [_rate([float(n[k]) for n in norms], eps=eps) for k in range(len(bnorm)) if bnorm[k] > 0]
+    finite_rates = [r for r in rates if not math.isnan(r)]
+    rho = max(finite_rates) if finite_rates else float("nan")
+    return g, _make_info("neumann", terms, history, stop_reason, tol, b, rho, matvecs)
+
+
+def _one_block(b: Tree) -> tuple[Callable[[Tree], Tree], Callable[[Tree], Tree]]:
+    """``(up, down)``: views of a tree with, and without, a leading block axis of size 1."""
+
+    def up(t: Tree) -> Tree:
+        return tuple(x.unsqueeze(0) for x in t)
+
+    def down(t: Tree) -> Tree:
+        return tuple(x.squeeze(0) for x in t)
+
+    return up, down
+
+
+def _check_blocks(b: Tree) -> None:
+    if any(t.dim() == 0 for t in b) or len({t.shape[0] for t in b}) != 1:
+        raise ValueError("blocks=True needs every tensor of b to share a leading block axis; got shapes "
+                         f"{[tuple(t.shape) for t in b]}")
 
 
 def fixed_point(
@@ -304,17 +364,11 @@ def cg_normal(
     if not b:
         return _zero_rhs("cg", b)
     if not blocks:  # one block: the same algorithm on views with a leading axis of size 1
-        def up(t: Tree) -> Tree:
-            return tuple(x.unsqueeze(0) for x in t)
-
-        def down(t: Tree) -> Tree:
-            return tuple(x.squeeze(0) for x in t)
-
+        up, down = _one_block(b)
         x1, info = cg_normal(lambda v: up(apply_m(down(v))), lambda v: up(apply_mt(down(v))), up(b),
                              max_iter=max_iter, tol=tol, blocks=True)
         return down(x1), info
-    if not b or any(t.dim() == 0 for t in b) or len({t.shape[0] for t in b}) != 1:
-        raise ValueError("blocks=True needs every tensor of b to share a leading block axis")
+    _check_blocks(b)
     bnorm = tree_block_dot(b, b).sqrt()
     if float(bnorm.max()) == 0.0:
         return _zero_rhs("cg", b)

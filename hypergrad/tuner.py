@@ -88,9 +88,9 @@ class TuneConfig:
             Jacobian, ``torch.func.vmap`` over the loss) instead of one after another. Same
             hypergradients for ``neumann`` and ``rbp``, whose iterations act on each block
             separately, and for ``cg``, which takes per-block step sizes
-            (``fixed_point_grad(blocks=True)``); ``gmres`` keeps the loop. Faster; the loop
-            needs about half the memory. Neumann's ``stop_on_growth`` then watches the
-            stacked series. Ignored under ``torch.distributed``.
+            (``fixed_point_grad(blocks=True)``); Neumann's ``stop_on_growth`` stops each
+            block's series on its own. ``gmres`` keeps the loop. Faster; the loop needs
+            about half the memory. Ignored under ``torch.distributed``.
         clip: maximum hypergradient norm; larger ones are rescaled (``None``: off).
         normalize: divide the hypergradient by its norm (normalised meta steps).
         lr_schedule: ``"constant"`` or ``"cosine"`` decay of the meta lr.

@@ -426,3 +426,26 @@ def test_block_cg_is_refused_without_a_common_leading_axis() -> None:
     b = (torch.ones(3, 2, dtype=DT), torch.ones(4, dtype=DT))
     with pytest.raises(ValueError, match="leading block axis"):
         linalg.cg_normal(lambda v: v, lambda v: v, b, blocks=True)
+
+
+@pytest.mark.parametrize(("tol", "stop_on_growth"), [(0.0, True), (1e-4, True), (1e-4, False), (0.0, False)])
+def test_block_neumann_equals_separate_series(tol: float, stop_on_growth: bool) -> None:
+    # a fast block, a slow one, a zero block, and one with spectral radius > 1 whose terms grow
+    mats = [with_spectral_radius(r, seed=s) for r, s in ((0.3, 1), (0.9, 2), (0.6, 3), (1.3, 4))]
+    singles = [rhs(20 + k) for k in range(4)]
+    singles[2] = tuple(torch.zeros_like(t) for t in singles[2])
+    b = tuple(torch.stack(parts) for parts in zip(*singles))
+    x, info = linalg.neumann(_block_operator(mats, b), b, max_iter=25, tol=tol, stop_on_growth=stop_on_growth,
+                             blocks=True)
+    infos = []
+    for k, (mat, bk) in enumerate(zip(mats, singles)):
+        xk, ik = run("neumann", mat, bk, max_iter=25, tol=tol, stop_on_growth=stop_on_growth)
+        infos.append(ik)
+        for a, c in zip((t[k] for t in x), xk):
+            torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-12)
+    assert info.iterations == max(i.iterations for i in infos)
+    assert info.residual == pytest.approx(max(i.residual for i in infos), rel=1e-10)
+    if stop_on_growth and any(i.stop_reason == "growth" for i in infos):
+        assert info.stop_reason == "growth"
+    rhos = [i.spectral_radius for i in infos if not math.isnan(i.spectral_radius)]
+    assert info.spectral_radius == pytest.approx(max(rhos), rel=1e-9)

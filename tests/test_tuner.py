@@ -192,3 +192,21 @@ def test_finish_reverts_a_blown_up_last_update_to_the_best():
     for f, b in zip(result.final, result.best):
         assert torch.equal(f, b)
     assert math.isfinite(result.evaluation["final"]["val_loss"])
+
+
+@pytest.mark.parametrize("method", ["neumann", "cg", "rbp"])
+def test_stacked_hyper_batches_equal_the_loop_even_when_a_series_stops_early(method):
+    # With lr = 1 the Neumann series of the 4 minibatches start to grow after 3, 4, 5 and 5 terms:
+    # each block must stop on its own, as the per-minibatch loop (and the distributed path, which
+    # always loops) does; a stop of the whole stack at the first growing block was a bug.
+    kw = dict(method=method, inner_steps=15, truncate=8, hyper_batches=4, init_lr=1.0)
+    stacked = tiny_tuner(**kw, batch_hyper=True)
+    looped = tiny_tuner(**kw, batch_hyper=False)
+    hp = tuple(h.detach() for h in stacked.hparams)
+    g_s, _, _, st_s = stacked.hypergradient(hp, stacked.batches(1), method, salt=1)
+    g_l, _, _, st_l = looped.hypergradient(hp, looped.batches(1), method, salt=1)
+    for a, b in zip(g_s, g_l):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-13)
+    if method == "neumann":
+        assert "growth" in st_l["solver"]["stop_reasons"]  # the case this test is about
+        assert "growth" in st_s["solver"]["stop_reasons"]
