@@ -13,8 +13,11 @@ import torch
 from hypergrad.distributed import DataParallel
 from tests._problems import tiny_problem, tiny_tuner
 
-FLAGS = ["--inner-steps", "20", "--truncate", "5", "--meta-steps", "4", "--batch-size", "50", "--hidden", "16",
+FLAGS = ["--inner-steps", "20", "--truncate", "8", "--meta-steps", "4", "--batch-size", "50", "--hidden", "16",
          "--hyper-batches", "3", "--no-progress"]
+# A small initial lr: the Neumann series of the 3 hyper-batches then stop on growth after different
+# numbers of terms (up to 7), the case where a stacked series stopped as one used to break equality.
+CONFIG = "init_lr = 0.05\n"
 
 
 def _env() -> dict[str, str]:
@@ -27,11 +30,14 @@ def _env() -> dict[str, str]:
 @pytest.mark.timeout(300)
 def test_two_ranks_match_one_process(tmp_path):
     one, two = tmp_path / "one.json", tmp_path / "two.json"
-    subprocess.run([sys.executable, "-m", "hypergrad", "tune", *FLAGS, "--out", str(one)], check=True,
+    config = tmp_path / "run.toml"
+    config.write_text(CONFIG)
+    flags = [*FLAGS, "--config", str(config)]
+    subprocess.run([sys.executable, "-m", "hypergrad", "tune", *flags, "--out", str(one)], check=True,
                    env=_env(), timeout=240, capture_output=True)
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
-         "-m", "hypergrad", "tune", *FLAGS, "--out", str(two)],
+         "-m", "hypergrad", "tune", *flags, "--out", str(two)],
         env=_env(), timeout=240, capture_output=True, text=True,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -42,6 +48,7 @@ def test_two_ranks_match_one_process(tmp_path):
         for key in ("lr", "momentum"):
             assert b["final_hyperparameters"][name][key] == pytest.approx(hp[key], rel=1e-5, abs=1e-5)
     assert "data-parallel over 2 processes" in proc.stderr
+    assert max(h["solver"]["iterations"] for h in a["history"]) > 0  # the series did run some terms
 
 
 def test_unrolled_methods_are_refused_under_data_parallelism():
