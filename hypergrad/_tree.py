@@ -22,7 +22,7 @@ __all__ = [
     "tree_add",
     "tree_axpy",
     "tree_block_axpy",
-    "tree_block_dot",
+    "tree_block_norm",
     "tree_detach",
     "tree_dot",
     "tree_isfinite",
@@ -70,15 +70,14 @@ def tree_dot(a: Tree, b: Tree) -> Tensor:
     return out
 
 
-def tree_block_dot(a: Tree, b: Tree) -> Tensor:
-    """Per-block inner products, in float64: every tensor's leading axis indexes ``m`` blocks; shape ``(m,)``."""
-    out = None
-    for x, y in zip(a, b, strict=True):
-        part = (x.to(torch.float64) * y.to(torch.float64)).reshape(x.shape[0], -1).sum(dim=1)
-        out = part if out is None else out + part
-    if out is None:
-        raise ValueError("tree_block_dot of an empty tree")
-    return out
+def tree_block_norm(a: Tree) -> Tensor:
+    """Per-block Euclidean norms in float64 (shape ``(m,)``), without a float64 copy of the tree."""
+    if not a:
+        raise ValueError("tree_block_norm of an empty tree")
+    parts = torch.stack(
+        [torch.linalg.vector_norm(x.detach().reshape(x.shape[0], -1), dim=1, dtype=torch.float64) for x in a]
+    )
+    return torch.linalg.vector_norm(parts, dim=0)
 
 
 def tree_block_axpy(alpha: Tensor, x: Tree, y: Tree) -> Tree:

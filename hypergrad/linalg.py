@@ -30,7 +30,7 @@ from hypergrad._tree import (
     Tree,
     tree_axpy,
     tree_block_axpy,
-    tree_block_dot,
+    tree_block_norm,
     tree_dot,
     tree_norm,
     tree_scale,
@@ -203,7 +203,7 @@ def neumann(
                            stop_on_growth=stop_on_growth, blocks=True)
         return down(g1), info
     _check_blocks(b)
-    bnorm = tree_block_dot(b, b).sqrt()
+    bnorm = tree_block_norm(b)
     if float(bnorm.max()) == 0.0:
         return _zero_rhs("neumann", b)
     safe_bnorm = torch.where(bnorm > 0, bnorm, torch.ones_like(bnorm))
@@ -220,7 +220,7 @@ def neumann(
     while True:
         v = apply_m(v)
         matvecs += 1
-        vnorm = tree_block_dot(v, v).sqrt()
+        vnorm = tree_block_norm(v)
         norms.append(vnorm)
         residual = torch.where(active, vnorm / safe_bnorm, residual)
         history.append(float(residual.max()))
@@ -242,8 +242,9 @@ def neumann(
         active = active & ~stop
         if not bool(active.any()):
             break
-        keep = active.to(v[0].dtype)
-        v = tree_block_axpy(keep, v, tree_zeros_like(v))  # a stopped block's series is frozen
+        if not bool(active.all()):  # a stopped block's series is frozen: its term is zeroed
+            keep = active.to(v[0].dtype)
+            v = tuple(vi * keep.reshape((-1,) + (1,) * (vi.dim() - 1)) for vi in v)
         for gi, vi in zip(g, v):
             gi.add_(vi)
         terms += 1
@@ -369,7 +370,7 @@ def cg_normal(
                              max_iter=max_iter, tol=tol, blocks=True)
         return down(x1), info
     _check_blocks(b)
-    bnorm = tree_block_dot(b, b).sqrt()
+    bnorm = tree_block_norm(b)
     if float(bnorm.max()) == 0.0:
         return _zero_rhs("cg", b)
     safe_bnorm = torch.where(bnorm > 0, bnorm, torch.ones_like(bnorm))
@@ -385,7 +386,7 @@ def cg_normal(
     r = b
     s = at(r)
     p = s
-    gamma = tree_block_dot(s, s)
+    gamma = tree_block_norm(s) ** 2
     matvecs = 1
     history = [1.0]
     stop_reason = "max_iter"
@@ -394,7 +395,7 @@ def cg_normal(
     while it < max_iter:
         q = a(p)
         matvecs += 1
-        qq = tree_block_dot(q, q)
+        qq = tree_block_norm(q) ** 2
         if not bool(torch.isfinite(qq[active]).all()) or not bool(torch.isfinite(gamma[active]).all()):
             stop_reason = "nonfinite"
             history.append(float("nan"))
@@ -409,7 +410,7 @@ def cg_normal(
         x = tree_block_axpy(alpha, p, x)
         r = tree_block_axpy(-alpha, q, r)
         it += 1
-        rel = tree_block_dot(r, r).sqrt() / safe_bnorm
+        rel = tree_block_norm(r) / safe_bnorm
         history.append(float(rel.max()))
         if tol > 0:
             active = active & ~(rel <= tol)
@@ -420,7 +421,7 @@ def cg_normal(
             break
         s = at(r)
         matvecs += 1
-        gamma_new = tree_block_dot(s, s)
+        gamma_new = tree_block_norm(s) ** 2
         beta = torch.where(active, gamma_new / torch.where(active, gamma, torch.ones_like(gamma)),
                            torch.zeros_like(gamma))
         p = tree_block_axpy(beta, p, s)
