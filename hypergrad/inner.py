@@ -171,6 +171,16 @@ class InnerProblem:
             if len(x) == 0:
                 raise ValueError(f"the {name} set is empty")
 
+    def __getstate__(self) -> dict:
+        """Pickling and ``copy.deepcopy`` leave out the per-thread module copies."""
+        state = self.__dict__.copy()
+        del state["_local"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+
     # ------------------------------------------------------------------ the model
     @property
     def num_tensors(self) -> int:

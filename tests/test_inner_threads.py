@@ -100,3 +100,14 @@ def test_the_users_module_is_never_touched():
     assert fresh is not model
     for p, w in zip(fresh.parameters(), problem.w0):
         assert torch.equal(p, w)
+
+
+def test_a_problem_survives_pickling_and_deepcopy():
+    import copy
+    import pickle
+
+    problem = _problem()
+    problem.forward(problem.w0, problem.x_val)  # this thread now holds a module copy
+    for clone in (copy.deepcopy(problem), pickle.loads(pickle.dumps(problem))):
+        torch.testing.assert_close(clone.eval_loss(clone.w0), problem.eval_loss(problem.w0))
+        assert clone._module() is not problem._module()
