@@ -110,10 +110,33 @@ class ProgressBar:
 
 
 class LoggingCallback:
-    """Log divergence events and actions through the ``hypergrad`` logger."""
+    r"""Log divergence events and actions through the ``hypergrad`` logger.
+
+    Also warns, once per run, when every Neumann series of a meta step stopped before its
+    first term (``stop_on_growth`` met a growing term at once, e.g. once the inner network
+    over-fits and the spectral radius of the step's Jacobian exceeds 1): the hypergradient
+    is then only the direct term :math:`g^\top \partial F / \partial w`.
+    """
+
+    def __init__(self) -> None:
+        self._warned_zero_terms = False
 
     def on_meta_step(self, tuner: Tuner, record: dict[str, Any]) -> None:
         if record["events"]:
             logger.warning(
                 "meta step %d: %s -> %s", record["step"], ", ".join(record["events"]), record["action"]
+            )
+        solver = record.get("solver") or {}
+        if (
+            not self._warned_zero_terms
+            and solver.get("method") == "neumann"
+            and "growth" in solver.get("stop_reasons", ())
+            and solver.get("iterations") == 0
+        ):
+            self._warned_zero_terms = True
+            logger.warning(
+                "meta step %d: every Neumann series stopped before its first term (a growing term; spectral "
+                "radius estimate %.4g), so the hypergradient is the direct term only. Smaller learning rates, "
+                "fewer inner steps, stop_on_growth=false or method='cg' avoid this (logged once per run)",
+                record["step"], solver.get("spectral_radius", float("nan")),
             )

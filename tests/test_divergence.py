@@ -31,6 +31,7 @@ from hypergrad.cli import EXIT_DIVERGED, EXIT_OK, main
 from hypergrad.config import RunConfig
 from hypergrad.tuner import DIVERGENCE_POLICIES, DivergenceError, TuneConfig, Tuner
 from hypergrad.workloads import build_problem
+from tests._problems import tiny_tuner
 
 CASES = {
     "nonfinite_loss": {"init_lr": 1e36},
@@ -210,3 +211,16 @@ def test_reported_best_is_never_worse_than_the_initial_hyperparameters():
     problem = build_problem(RunConfig(dataset="digits", hidden=(20,)), cfg)[0]
     result = Tuner(problem, cfg).run()
     assert result.evaluation["best"]["val_loss"] <= result.evaluation["initial"]["val_loss"]
+
+
+def test_a_neumann_series_with_zero_terms_is_logged_once(caplog):
+    # lr 3 on the tiny problem: the Jacobian at h_T has spectral radius > 1 and every series of
+    # every meta step stops before its first term (measured: 0 terms at lr >= 2)
+    tuner = tiny_tuner(method="neumann", inner_steps=15, truncate=8, hyper_batches=4, init_lr=3.0, meta_steps=3,
+                       meta_lr=1e-6, on_divergence="skip", blowup_ratio=1e9)
+    tuner.callbacks.append(LoggingCallback())
+    caplog.set_level(logging.WARNING, logger="hypergrad")
+    tuner.run()
+    assert all(r["solver"]["iterations"] == 0 for r in tuner.history)
+    zero = [r.getMessage() for r in caplog.records if "before its first term" in r.getMessage()]
+    assert len(zero) == 1 and zero[0].startswith("meta step 0:")
