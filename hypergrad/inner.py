@@ -323,7 +323,7 @@ class InnerProblem:
             return tuple(wi.detach().clone() for wi in w) + tuple(v)
 
     # ------------------------------------------------------------------ losses
-    def eval_loss(self, weights: Sequence[Tensor], split: str = "val", chunk: int = 4096) -> Tensor:
+    def eval_loss(self, weights: Sequence[Tensor], split: str = "val", chunk: int = 1024) -> Tensor:
         """Mean loss over a whole split (``"val"`` or ``"train"``), differentiable in ``weights``."""
         x, y = (self.x_val, self.y_val) if split == "val" else (self.x_train, self.y_train)
         total = None
@@ -332,6 +332,29 @@ class InnerProblem:
             total = part if total is None else total + part
         assert total is not None  # non-empty sets are validated in __post_init__
         return total / len(x)
+
+    def eval_loss_and_grad(
+        self, weights: Sequence[Tensor], split: str = "val", chunk: int = 1024
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """:meth:`eval_loss` and its gradient in ``weights``, one chunk of examples at a time.
+
+        The same value and gradient as ``autograd.grad(eval_loss(w), w)`` (up to the order
+        of the sums), but only one chunk's graph is ever alive, so the memory does not grow
+        with the size of the split (the RBP methods' meta-loss gradient).
+        """
+        x, y = (self.x_val, self.y_val) if split == "val" else (self.x_train, self.y_train)
+        n = len(x)
+        leaves = tuple(w.detach().requires_grad_(True) for w in weights)
+        total = torch.zeros((), dtype=leaves[0].dtype if leaves else torch.float32)
+        grads = [torch.zeros_like(w) for w in leaves]
+        with torch.enable_grad():
+            for i in range(0, n, chunk):  # the value is summed exactly as eval_loss sums it
+                part = self.loss(leaves, x[i : i + chunk], y[i : i + chunk]) * len(x[i : i + chunk])
+                for acc, g in zip(grads, torch.autograd.grad(part, leaves, allow_unused=True)):
+                    if g is not None:
+                        acc.add_(g)
+                total = total + part.detach()
+        return total / n, tuple(g.div_(n) for g in grads)
 
     def accuracy(self, weights: Sequence[Tensor], x: Tensor, y: Tensor) -> float:
         with torch.no_grad():

@@ -389,10 +389,8 @@ class Tuner:
 
         h_t = problem.train(hp, batches)
         stats["inner_seconds"] = time.perf_counter() - start
-        with torch.enable_grad():
-            w_leaf = tuple(w.detach().requires_grad_(True) for w in h_t[:n])
-            meta_loss = self.meta_loss(w_leaf)
-            gw = torch.autograd.grad(meta_loss, w_leaf)
+        # the meta loss and dL/dw_T chunk by chunk: no graph over the whole split
+        meta_loss, gw = problem.eval_loss_and_grad(h_t[:n], "train" if cfg.meta_loss == "train" else "val")
         if not (tree_isfinite(h_t) and tree_isfinite(gw) and bool(torch.isfinite(meta_loss))):
             # The inner training blew up: there is no fixed point to differentiate. The caller sees a
             # non-finite meta loss and applies the divergence policy; nothing non-finite is returned.
