@@ -273,9 +273,8 @@ def fixed_point_grad(
     _check_float(state_t, "state")
     _check_float(params_t, "params")
     _check_like(grad_t, state_t, "state_grad", "state")
-    if blocks and (any(t.dim() == 0 for t in state_t) or len({t.shape[0] for t in state_t}) != 1):
-        raise ValueError("blocks=True needs every state tensor to share a leading block axis; got shapes "
-                         f"{[tuple(t.shape) for t in state_t]}")
+    if blocks:
+        linalg._check_blocks(state_t, "state")
     if not tree_isfinite(state_t):
         raise ValueError("state contains NaN or Inf; the fixed point is not finite")
     if not tree_isfinite(grad_t):

@@ -193,11 +193,12 @@ class InnerProblem:
             module = self._local.module = copy.deepcopy(self._template)
         return module
 
-    def fresh_model(self) -> nn.Module:
-        """A private deep copy of the model with the starting weights :math:`w_0` and buffers."""
+    def fresh_model(self, weights: Sequence[Tensor] | None = None) -> nn.Module:
+        """A private deep copy of the model holding ``weights`` (default :math:`w_0`) and the initial buffers."""
         model = copy.deepcopy(self._template)
+        trainable = (p for p in model.parameters() if p.requires_grad)
         with torch.no_grad():
-            for p, w in zip((p for p in model.parameters() if p.requires_grad), self.w0):
+            for p, w in zip(trainable, self.w0 if weights is None else weights):
                 p.copy_(w)
         return model
 
@@ -293,11 +294,9 @@ class InnerProblem:
         par = self.parallel
         n = self.num_tensors
         h = self.initial_state() if state is None else tuple(t.detach() for t in state)
-        model = copy.deepcopy(self._template)
+        model = self.fresh_model(h[:n])
         w = [p for p in model.parameters() if p.requires_grad]
         with torch.no_grad():
-            for wi, hi in zip(w, h[:n]):
-                wi.copy_(hi)
             v = [t.clone() for t in h[n:]]
             lrs, moms = self.spec.per_tensor([p.detach() for p in hparams])
             if lrs[0].dim() == 0:
@@ -323,9 +322,12 @@ class InnerProblem:
             return tuple(wi.detach().clone() for wi in w) + tuple(v)
 
     # ------------------------------------------------------------------ losses
+    def _split(self, split: str) -> tuple[Tensor, Tensor]:
+        return (self.x_val, self.y_val) if split == "val" else (self.x_train, self.y_train)
+
     def eval_loss(self, weights: Sequence[Tensor], split: str = "val", chunk: int = 1024) -> Tensor:
         """Mean loss over a whole split (``"val"`` or ``"train"``), differentiable in ``weights``."""
-        x, y = (self.x_val, self.y_val) if split == "val" else (self.x_train, self.y_train)
+        x, y = self._split(split)
         total = None
         for i in range(0, len(x), chunk):
             part = self.loss(weights, x[i : i + chunk], y[i : i + chunk]) * len(x[i : i + chunk])
@@ -342,7 +344,7 @@ class InnerProblem:
         of the sums), but only one chunk's graph is ever alive, so the memory does not grow
         with the size of the split (the RBP methods' meta-loss gradient).
         """
-        x, y = (self.x_val, self.y_val) if split == "val" else (self.x_train, self.y_train)
+        x, y = self._split(split)
         n = len(x)
         leaves = tuple(w.detach().requires_grad_(True) for w in weights)
         total = torch.zeros((), dtype=leaves[0].dtype if leaves else torch.float32)

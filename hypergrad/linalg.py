@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
+from torch import Tensor
 
 from hypergrad._tree import (
     Tree,
@@ -230,16 +231,11 @@ def neumann(
         if terms == max_iter:
             reasons.add("max_iter")
             break
-        stop = torch.zeros_like(active)
-        if tol > 0:
-            done = active & (residual <= tol)
-            reasons.update(("tol",) if bool(done.any()) else ())
-            stop = stop | done
-        if stop_on_growth:
-            grew = active & (vnorm > norms[-2])
-            reasons.update(("growth",) if bool(grew.any()) else ())
-            stop = stop | grew
-        active = active & ~stop
+        none = torch.zeros_like(active)
+        done = active & (residual <= tol) if tol > 0 else none
+        grew = active & (vnorm > norms[-2]) if stop_on_growth else none
+        reasons.update(r for r, hit in (("tol", done), ("growth", grew)) if bool(hit.any()))
+        active = active & ~(done | grew)
         if not bool(active.any()):
             break
         if not bool(active.all()):  # a stopped block's series is frozen: its term is zeroed
@@ -275,10 +271,15 @@ def _one_block(b: Tree) -> tuple[Callable[[Tree], Tree], Callable[[Tree], Tree]]
     return up, down
 
 
-def _check_blocks(b: Tree) -> None:
+def _check_blocks(b: Tree, name: str = "b") -> None:
     if any(t.dim() == 0 for t in b) or len({t.shape[0] for t in b}) != 1:
-        raise ValueError("blocks=True needs every tensor of b to share a leading block axis; got shapes "
+        raise ValueError(f"blocks=True needs every tensor of {name} to share a leading block axis; got shapes "
                          f"{[tuple(t.shape) for t in b]}")
+
+
+def _masked_div(num: Tensor, den: Tensor, mask: Tensor) -> Tensor:
+    """``num / den`` where ``mask``, 0 elsewhere (never dividing by an unused ``den``)."""
+    return torch.where(mask, num / torch.where(mask, den, torch.ones_like(den)), torch.zeros_like(num))
 
 
 def fixed_point(
@@ -406,7 +407,7 @@ def cg_normal(
         if not bool(active.any()):
             stop_reason = "breakdown" if broke else "tol"
             break
-        alpha = torch.where(active, gamma / torch.where(active, qq, torch.ones_like(qq)), torch.zeros_like(qq))
+        alpha = _masked_div(gamma, qq, active)
         x = tree_block_axpy(alpha, p, x)
         r = tree_block_axpy(-alpha, q, r)
         it += 1
@@ -422,8 +423,7 @@ def cg_normal(
         s = at(r)
         matvecs += 1
         gamma_new = tree_block_norm(s) ** 2
-        beta = torch.where(active, gamma_new / torch.where(active, gamma, torch.ones_like(gamma)),
-                           torch.zeros_like(gamma))
+        beta = _masked_div(gamma_new, gamma, active)
         p = tree_block_axpy(beta, p, s)
         gamma = gamma_new
     return x, _make_info("cg", it, history, stop_reason, tol, b, float("nan"), matvecs)
