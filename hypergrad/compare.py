@@ -82,6 +82,7 @@ __all__ = [
     "run_optuna",
     "sgd_evaluate",
     "summarize",
+    "trace_from_json",
 ]
 
 FRACTIONS = (0.25, 0.5, 1.0)
@@ -404,7 +405,7 @@ def summarize(runs: Sequence[dict[str, Any]], budget: int, methods: Sequence[str
     out: dict[str, Any] = {}
     for m in methods:
         rs = [r for r in runs if r["method"] == m]
-        traces = [_trace_from_json(r) for r in rs]
+        traces = [trace_from_json(r) for r in rs]
         entry: dict[str, Any] = {"seeds": [r["seed"] for r in rs], "best_at": {}}
         for frac in FRACTIONS:
             b = frac * budget
@@ -417,7 +418,8 @@ def summarize(runs: Sequence[dict[str, Any]], budget: int, methods: Sequence[str
     return out
 
 
-def _trace_from_json(r: dict[str, Any]) -> Trace:
+def trace_from_json(r: dict[str, Any]) -> Trace:
+    """The :class:`Trace` of one run of ``compare.json``'s ``runs``."""
     return Trace(r["method"], r["seed"], list(r["inner_trainings"]), list(r["seconds"]), list(r["meta_loss"]),
                  list(r["phase"]))
 
@@ -457,7 +459,7 @@ def plot(runs: Sequence[dict[str, Any]], methods: Sequence[str], path: str | Pat
     import numpy as np
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    traces = {m: [_trace_from_json(r) for r in runs if r["method"] == m] for m in methods}
+    traces = {m: [trace_from_json(r) for r in runs if r["method"] == m] for m in methods}
     budget = max((t.cost[-1] for ts in traces.values() for t in ts if t.cost), default=1.0)
     t_max = max((t.seconds[-1] for ts in traces.values() for t in ts if t.seconds), default=1.0)
     grid_c = np.linspace(budget / 200, budget, 200)

@@ -56,6 +56,8 @@ def summarize(runs: dict[tuple[str, int, int], dict[str, list[dict[str, Any]]]])
                      if r["final_meta_loss"] is not None and r["history"][0]["meta_loss"]]
             rm, rsd = _mean_std(ratio)
             tm, ts = _mean_std(trains)
+            its = [h["solver"]["iterations"] for r in rs for h in r["history"]
+                   if h.get("solver") and h["solver"].get("iterations") is not None]
             rows.append({
                 "setting": setting, "inner_steps": t, "truncate": k, "method": method,
                 "seeds": sorted(r["job"]["seed"] for r in rs), "meta_steps": rs[0]["job"]["meta_steps"],
@@ -67,6 +69,7 @@ def summarize(runs: dict[tuple[str, int, int], dict[str, list[dict[str, Any]]]])
                 "steps_with_events": sum(r["divergence_events"] for r in rs),
                 "events": sorted({e for r in rs for h in r["history"] for e in h["events"]}),
                 "seconds_per_meta_step": statistics.fmean(h["seconds"] for r in rs for h in r["history"]),
+                "solver_iterations": {"min": min(its), "max": max(its), "mean": statistics.fmean(its)} if its else None,
             })
     return rows
 
