@@ -53,6 +53,7 @@ __all__ = [
     "as_source",
     "batch_len",
     "shard_batch",
+    "stack_batches",
 ]
 
 Inputs = Tensor | tuple[Tensor, ...]
@@ -94,6 +95,20 @@ def as_batch(item: Any, where: str) -> Batch:
     shown = type(item).__name__ if not isinstance(item, (tuple, list)) else (
         f"a {type(item).__name__} of {', '.join(type(t).__name__ for t in item)}")
     raise TypeError(f"{where} must yield (inputs, target) pairs of tensors; got {shown}")
+
+
+def stack_batches(batches: Sequence[Batch]) -> Batch:
+    """``M`` batches of one size stacked along a new leading axis (the input of ``step_batched``)."""
+    if not batches:
+        raise ValueError("stack_batches needs at least one batch")
+    sizes = sorted({batch_len(b) for b in batches})
+    if len(sizes) > 1:
+        raise ValueError(f"cannot stack batches of different sizes {sizes}; solve them one by one")
+    first = batches[0][0]
+    ys = torch.stack([b[1] for b in batches])
+    if isinstance(first, tuple):
+        return tuple(torch.stack([b[0][i] for b in batches]) for i in range(len(first))), ys  # type: ignore[index]
+    return torch.stack([b[0] for b in batches]), ys  # type: ignore[misc]
 
 
 # ---------------------------------------------------------------------- batch sequences
@@ -349,8 +364,19 @@ class LoaderSource:
         return LoaderBatches(self, num_steps, seed)
 
     def sample(self, m: int, batch_size: int, seed: int) -> list[Batch]:
-        """The first ``m`` batches of a pass seeded with ``seed``."""
-        return list(itertools.islice(self.stream(seed), m))
+        """The first ``m`` batches of the stream seeded with ``seed`` that have the first one's size.
+
+        (A pass's short last batch is skipped, so the ``m`` batches can be stacked.)
+        """
+        out: list[Batch] = []
+        if m < 1:
+            return out
+        for batch in self.stream(seed):
+            if not out or batch_len(batch) == batch_len(out[0]):
+                out.append(batch)
+            if len(out) == m:
+                break
+        return out
 
     def chunks(self, size: int) -> Iterator[Batch]:
         """One pass over the loader, in its order (``size`` is not used)."""
