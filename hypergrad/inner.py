@@ -51,6 +51,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from hypergrad._models import as_dtypes, call_model, default_metric, freeze_running_stats, grads_or_zeros
 from hypergrad._tree import Tree
 from hypergrad.data.schedule import BatchSchedule, batch_indices
 from hypergrad.data.source import (
@@ -123,45 +124,6 @@ def sgd_momentum_step_(
     torch._foreach_add_(velocity, torch._foreach_mul(grads, damping if damping is not None else
                                                      [-(1 - b) for b in moms]))
     torch._foreach_add_(weights, torch._foreach_mul(velocity, lrs))
-
-
-def _call(module: nn.Module, x: Inputs) -> Tensor:
-    return module(*x) if isinstance(x, tuple) else module(x)
-
-
-def _grads(loss: Tensor, leaves: Sequence[Tensor], create_graph: bool = False) -> list[Tensor]:
-    """``d loss / d leaves``, zeros for a tensor the loss does not use."""
-    grads = torch.autograd.grad(loss, leaves, create_graph=create_graph, allow_unused=True)
-    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves)]
-
-
-def _as_dtypes(hs: list[Tensor], like: Sequence[Tensor]) -> list[Tensor]:
-    """Learning rates or momenta in each tensor's own dtype (a mixed-dtype model keeps its dtypes)."""
-    return [h if h.dtype == t.dtype else h.to(t.dtype) for h, t in zip(hs, like)]
-
-
-def _freeze_running_stats(module: nn.Module) -> nn.Module:
-    """Normalisation layers in train mode stop tracking running statistics (in place).
-
-    They keep normalising with batch statistics, as they do in train mode, but no longer
-    write to buffers: the functional paths stay pure, and ``vmap`` can batch them
-    (as ``torch.func.replace_all_batch_norm_modules_``, for train-mode layers only).
-    """
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._NormBase) and m.training and m.track_running_stats:
-            m.running_mean = None
-            m.running_var = None
-            m.num_batches_tracked = None
-            m.track_running_stats = False
-    return module
-
-
-def default_metric(outputs: Tensor, targets: Tensor) -> Tensor | None:
-    """Accuracy for integer class targets ``(N,)`` with ``(N, C)`` outputs; ``None`` for any other task."""
-    if (outputs.dim() == 2 and targets.dim() == 1 and len(outputs) == len(targets)
-            and not targets.is_floating_point() and not targets.is_complex() and targets.dtype != torch.bool):
-        return (outputs.argmax(dim=-1) == targets).float().mean()
-    return None
 
 
 class InnerProblem:
@@ -237,7 +199,7 @@ class InnerProblem:
         # pristine template is only ever deep-copied, and every thread runs its own copy.
         # The functional copy's train-mode normalisation layers track no running statistics.
         self._template = copy.deepcopy(model)
-        self._functional = _freeze_running_stats(copy.deepcopy(model))
+        self._functional = freeze_running_stats(copy.deepcopy(model))
         self._local = threading.local()
         self.buffers: dict[str, Tensor] = {n: b.detach() for n, b in self._functional.named_buffers()}
         self.batching, self.batching_reason = "auto", ""
@@ -409,8 +371,8 @@ class InnerProblem:
         with torch.enable_grad():
             w_in = tuple(t if (build_graph and t.requires_grad) else t.detach().requires_grad_(True) for t in w)
             loss = self.loss(w_in, x, y)
-            grads = _grads(loss, w_in, create_graph=build_graph)
-        lrs, moms = (_as_dtypes(h, w) for h in self.spec.per_tensor(hparams))
+            grads = grads_or_zeros(loss, w_in, create_graph=build_graph)
+        lrs, moms = (as_dtypes(h, w) for h in self.spec.per_tensor(hparams))
         if build_graph:
             w_new, v_new = sgd_momentum_step(w, v, grads, lrs, moms)
             return w_new + v_new
@@ -440,8 +402,8 @@ class InnerProblem:
         with torch.enable_grad():
             w_in = tuple(t if (build_graph and t.requires_grad) else t.detach().requires_grad_(True) for t in w)
             losses = self._batched_losses(w_in, x, y)
-            grads = _grads(losses.sum(), w_in, create_graph=build_graph)
-        lrs, moms = (_as_dtypes(h, w) for h in self.spec.per_tensor(hparams))
+            grads = grads_or_zeros(losses.sum(), w_in, create_graph=build_graph)
+        lrs, moms = (as_dtypes(h, w) for h in self.spec.per_tensor(hparams))
 
         def expand(h: Tensor, like: Tensor) -> Tensor:  # (M,) or (M, *shape) -> broadcastable to (M, *shape)
             return h.reshape(h.shape + (1,) * (like.dim() - h.dim()))
@@ -506,7 +468,7 @@ class InnerProblem:
         w = [p for p in model.parameters() if p.requires_grad]
         with torch.no_grad():
             v = [t.clone() for t in h[n:]]
-            lrs, moms = (_as_dtypes(h, w) for h in self.spec.per_tensor([p.detach() for p in hparams]))
+            lrs, moms = (as_dtypes(h, w) for h in self.spec.per_tensor([p.detach() for p in hparams]))
             if lrs[0].dim() == 0:
                 lrs_s: list = [float(a) for a in lrs]
                 moms_s: list = [float(b) for b in moms]
@@ -515,7 +477,7 @@ class InnerProblem:
             damping = [-(1.0 - b) for b in moms_s]
             for t, (x, y) in enumerate(self._training_batches(batches)):
                 with torch.enable_grad():
-                    grads = _grads(self.loss_fn(_call(model, x), y), w)
+                    grads = grads_or_zeros(self.loss_fn(call_model(model, x), y), w)
                 if par is not None:
                     par.all_reduce_mean_(grads)
                 sgd_momentum_step_(w, v, grads, lrs_s, moms_s, damping=damping)

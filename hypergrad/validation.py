@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from hypergrad._models import default_metric
 from hypergrad.data.source import (
     Batch,
     IndexedSource,
@@ -38,7 +39,7 @@ from hypergrad.data.source import (
     stack_batches,
 )
 from hypergrad.distributed import DataParallel
-from hypergrad.inner import InnerProblem, default_metric
+from hypergrad.inner import InnerProblem
 
 __all__ = ["ProblemReport", "check_problem", "validate_problem"]
 
