@@ -176,13 +176,59 @@ def _dry_metric(metric: Callable[..., Any], out: Tensor, y: Tensor) -> None:
         raise TypeError(f"metric must return a number or a scalar tensor, got {type(value).__name__}")
 
 
+def _hypergradient(step: Callable[[tuple, tuple], tuple], state: tuple, hp: tuple) -> None:
+    """One step with its graph and one vector-Jacobian product through it (second derivatives)."""
+    state = tuple(t.detach().requires_grad_(True) for t in state)
+    hp = tuple(h.detach().requires_grad_(True) for h in hp)
+    with torch.enable_grad():
+        out = step(state, hp)
+        torch.autograd.grad(sum(o.sum() for o in out), state + hp, allow_unused=True)
+
+
+def _second_order(problem: InnerProblem, batch: Batch, probe_batching: bool) -> None:
+    """Every hypergradient differentiates through the gradient: check that the model supports it.
+
+    With ``probe_batching``, also through :meth:`~InnerProblem.step_batched` on two stacked
+    copies of the batch, switching it to its loop where vmap fails (forward or backward).
+    """
+    hp = problem.spec.init(0.1, 0.5, problem.w0[0].dtype)
+    x, y = batch
+    try:
+        _hypergradient(lambda s, p: problem.step(s, p, x, y), problem.initial_state(), hp)
+    except (RuntimeError, NotImplementedError) as exc:
+        raise ValueError(f"model: the hypergradient needs second derivatives of loss_fn through the model "
+                         f"(a step with create_graph=True and its backward), which failed "
+                         f"[{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}]") from exc
+    if not probe_batching or problem.batching == "loop":
+        return
+    xs, ys = stack_batches([(x, y), (x, y)])
+
+    def stack(tree: tuple) -> tuple:
+        return tuple(t.unsqueeze(0).expand(2, *t.shape).clone() for t in tree)
+
+    try:
+        _hypergradient(lambda s, p: problem.step_batched(s, p, xs, ys), stack(problem.initial_state()), stack(hp))
+    except (RuntimeError, NotImplementedError) as exc:  # vmap ran forward but not backward: loop
+        problem.batching = "loop"
+        problem.batching_reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        _hypergradient(lambda s, p: problem.step_batched(s, p, xs, ys), stack(problem.initial_state()), stack(hp))
+
+
 def validate_problem(problem: InnerProblem, *, test_data: Any = None, probe_batching: bool = True) -> ProblemReport:
     """Run the dry step on a built problem; raise on misuse, else describe what was found.
 
     One batch of each set goes through the model and the loss; the training batch also
-    through the gradient, and (``probe_batching``) two stacked copies of it through
-    :meth:`~InnerProblem.step_batched`, which fixes :attr:`~InnerProblem.batching`.
+    through the gradient and through one step of the inner map with its graph and a
+    backward pass (the second derivatives every hypergradient needs), and
+    (``probe_batching``) two stacked copies of it through :meth:`~InnerProblem.step_batched`,
+    which fixes :attr:`~InnerProblem.batching`. torch's random generators are restored
+    afterwards (the dry step may draw Dropout masks).
     """
+    with problem.rng(0):
+        return _validate(problem, test_data, probe_batching)
+
+
+def _validate(problem: InnerProblem, test_data: Any, probe_batching: bool) -> ProblemReport:
     notes: list[str] = []
     size = max(problem.batch_size, 2)
     sets = [("train_data", problem.train_source), ("val_data", problem.val_source)]
@@ -224,13 +270,7 @@ def validate_problem(problem: InnerProblem, *, test_data: Any = None, probe_batc
     if not reproducible:
         notes.append("train_data is a shuffling DataLoader without a generator: the batch order is not "
                      "reproducible; pass DataLoader(..., generator=torch.Generator())")
-    if probe_batching and problem.batching == "auto":
-        x, y = batches["train_data"]
-        hp = problem.spec.init(0.1, 0.5, problem.w0[0].dtype)
-        stacked = stack_batches([(x, y), (x, y)])
-        state = tuple(t.unsqueeze(0).expand(2, *t.shape).clone() for t in problem.initial_state())
-        with torch.no_grad():
-            problem.step_batched(state, tuple(h.unsqueeze(0).expand(2, *h.shape) for h in hp), *stacked)
+    _second_order(problem, batches["train_data"], probe_batching)
     if isinstance(problem.train_source, IndexedSource) and batch_len(batches["train_data"]) < 2:
         notes.append("train_data holds a single example")
     for note in notes:

@@ -365,6 +365,17 @@ class Stream(IterableDataset):
         yield torch.zeros(8), torch.tensor(0)
 
 
+class Prototypes(nn.Module):
+    """Logits = minus the distances to learned class prototypes: ``torch.cdist`` has no second derivative."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prototypes = nn.Parameter(torch.randn(3, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -torch.cdist(x, self.prototypes)
+
+
 @dataclass(frozen=True)
 class Bad:
     """``change(kwargs)`` edits the arguments of a valid ``check_problem`` call on the MLP."""
@@ -445,6 +456,8 @@ BAD = [
         r"does not depend on the model's trainable parameters"),
     Bad("a non-finite initial loss", _set(loss_fn=lambda o, t: F.cross_entropy(o, t) * float("inf")),
         ValueError, r"loss_fn returned inf at the initial weights"),
+    Bad("no second derivatives", _set(model=Prototypes()), ValueError,
+        r"model: the hypergradient needs second derivatives .*\[NotImplementedError: .*_cdist_backward"),
     Bad("a failing metric", _set(metric=lambda o, t: o.foo), ValueError, r"metric\(outputs, targets\) failed"),
     Bad("a vector metric", _set(metric=lambda o, t: o.argmax(-1) == t), ValueError,
         r"metric must return a scalar .*shape \(16,\)"),
@@ -466,6 +479,13 @@ def test_the_valid_call_of_the_bad_input_table_passes() -> None:
     model, loss_fn, train, val = ZOO["mlp"].build()
     _, report = check_problem(model, loss_fn, train, val, batch_size=BATCH, test_data=val)
     assert report.metric == "accuracy" and report.warnings == ()
+
+
+def test_the_dry_step_leaves_torchs_generator_alone() -> None:
+    model, loss_fn, train, val = ZOO["bn_dropout"].build()
+    before = torch.get_rng_state()
+    check_problem(model, loss_fn, train, val, batch_size=BATCH)
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 def test_an_unseeded_shuffling_loader_is_reported() -> None:
