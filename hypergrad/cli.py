@@ -67,43 +67,22 @@ def _positive_float(text: str) -> float:
 
 
 def _add_problem_flags(p: argparse.ArgumentParser) -> None:
-    from hypergrad.config import DATASETS
-    from hypergrad.hyperparams import GRANULARITIES
+    """``--config`` and the data, model and inner-problem flags (shared by every command)."""
+    from hypergrad.config import RunConfig, TuneConfig, add_config_flags
 
     g = p.add_argument_group("data and model")
     g.add_argument("--config", metavar="FILE", help="TOML or YAML file with the same keys as these flags")
-    g.add_argument("--dataset", choices=DATASETS, default=None, help="digits (embedded, default) or mnist")
-    g.add_argument("--data-root", metavar="DIR", default=None, help="folder with the MNIST IDX files")
-    g.add_argument("--n-train", type=_positive_int, default=None, help="MNIST training images (default 10000)")
-    g.add_argument("--hidden", default=None, metavar="50,50,50", help="hidden layer sizes of the tanh MLP")
-    g.add_argument("--per", choices=GRANULARITIES, default=None, help="hyperparameter granularity (tensor)")
-    g.add_argument("--batch-size", type=_positive_int, default=None, help="inner minibatch size (100)")
-    g.add_argument("--inner-steps", type=_positive_int, default=None, help="T, inner steps per meta step (100)")
-    g.add_argument("--truncate", type=_positive_int, default=None, help="K: TBPTT steps / solver iterations (10)")
-    g.add_argument("--hyper-batches", type=_positive_int, default=None, help="M, RBP minibatches averaged (4)")
-    g.add_argument("--seed", type=_nonneg_int, default=None, help="seed of data split, model init, batches (0)")
-    g.add_argument("--meta-loss", choices=("val", "train"), default=None, help="meta loss (val)")
-    g.add_argument(
-        "--fixed-point-batch",
-        choices=("minibatch", "full"),
-        default=None,
-        help="RBP step map on M minibatches or on the full training set (minibatch)",
-    )
+    add_config_flags(g, RunConfig, groups=["data"])
+    add_config_flags(g, TuneConfig, groups=["tuner"])
 
 
 def _add_tune_flags(p: argparse.ArgumentParser) -> None:
-    from hypergrad.tuner import DIVERGENCE_POLICIES, TUNE_METHODS
+    from hypergrad.config import RunConfig, TuneConfig, add_config_flags
 
     g = p.add_argument_group("meta optimisation")
-    g.add_argument("--method", choices=TUNE_METHODS, default=None, help="hypergradient method (neumann)")
-    g.add_argument("--meta-steps", type=_positive_int, default=None, help="N, meta steps (50)")
-    g.add_argument("--meta-lr", type=_positive_float, default=None, help="Adam learning rate (0.05)")
-    g.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None, help="meta-lr schedule")
-    g.add_argument("--clip", type=_positive_float, default=None, help="max hypergradient norm (off)")
-    g.add_argument("--on-divergence", choices=DIVERGENCE_POLICIES, default=None, help="policy (backoff)")
+    add_config_flags(g, TuneConfig, groups=["meta"])
     o = p.add_argument_group("output")
-    o.add_argument("--logdir", default=None, metavar="DIR", help="TensorBoard logs and checkpoints")
-    o.add_argument("--out", default=None, metavar="FILE", help="results JSON (default: DIR/results.json)")
+    add_config_flags(o, RunConfig, groups=["output"])
     o.add_argument("--resume", default=None, metavar="DIR", help="continue the run checkpointed in DIR")
     o.add_argument("--overwrite", action="store_true", help="start afresh even if --logdir has a checkpoint")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -116,39 +95,12 @@ def _add_tune_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-_FLAG_KEYS = (
-    "dataset",
-    "data_root",
-    "n_train",
-    "hidden",
-    "per",
-    "batch_size",
-    "inner_steps",
-    "truncate",
-    "hyper_batches",
-    "seed",
-    "meta_loss",
-    "fixed_point_batch",
-    "method",
-    "meta_steps",
-    "meta_lr",
-    "lr_schedule",
-    "clip",
-    "on_divergence",
-    "logdir",
-    "out",
-)
-
-
 def _collect(args: argparse.Namespace) -> dict[str, Any]:
     """Config-file values overridden by the flags that were given."""
-    from hypergrad.config import load_config_file, parse_hidden
+    from hypergrad.config import flag_values, load_config_file
 
     values: dict[str, Any] = load_config_file(args.config) if getattr(args, "config", None) else {}
-    for key in _FLAG_KEYS:
-        value = getattr(args, key, None)
-        if value is not None:
-            values[key] = parse_hidden(value) if key == "hidden" else value
+    values.update(flag_values(args))
     return values
 
 
