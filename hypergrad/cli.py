@@ -300,6 +300,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from hypergrad.inner import InnerProblem
     from hypergrad.workloads import build_problem, load_split
 
+    optuna = optional_import("optuna", "optuna", purpose="hypergrad compare")
     methods = parse_methods(args.methods)
     values = _collect(args)
     values.pop("method", None)
@@ -320,7 +321,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
         storage=storage, study_name=args.study_name, pruner=args.pruner, prune_every=args.prune_every,
         n_jobs=args.n_jobs, space=space,
     )
-    optuna = optional_import("optuna", "optuna", purpose="hypergrad compare")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     seeds = list(range(cfg.seed, cfg.seed + args.seeds))
     run_key = {"dataset": run.dataset, "hidden": list(run.hidden), "n_train": run.n_train}
