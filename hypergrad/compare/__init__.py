@@ -80,6 +80,15 @@ __all__ = [
 ]
 
 
+def _evaluation_batches(problem: InnerProblem, cfg: TuneConfig) -> Any:
+    """The ``T`` minibatches of :meth:`Tuner.evaluate` (salt -1), the same for every method.
+
+    TODO(tuner): take them from the meta objective (``MetaObjective``) once it is on main, instead
+    of building a whole Tuner for its batch schedule.
+    """
+    return Tuner(problem, cfg).batches(-1)
+
+
 def compare(
     problems: Callable[[int], tuple[InnerProblem, Split]],
     cfg: TuneConfig,
@@ -148,8 +157,7 @@ def compare(
                                        on_point=on_point)
                 bar.update(max(budget - done[0], 0.0))
                 assert trace.best is not None
-                ref = Tuner(problem, scfg)
-                sgd = sgd_evaluate(problem, split, problem.spec, trace.best, ref.batches(-1))
+                sgd = sgd_evaluate(problem, split, problem.spec, trace.best, _evaluation_batches(problem, scfg))
                 runs.append({
                     "method": m,
                     "seed": seed,
