@@ -13,12 +13,13 @@ ICML 2018. The public namespace:
 """
 
 from hypergrad import linalg, methods
+from hypergrad.config import TuneConfig
 from hypergrad.hyperparams import HyperSpec, to_sgd_param_groups
 from hypergrad.implicit import FixedPoint, fixed_point_grad, solve_adjoint
 from hypergrad.inner import InnerProblem
 from hypergrad.linalg import SolveInfo
 from hypergrad.methods import METHODS, GradResult, Method, get_method, gradient, method_names
-from hypergrad.tuner import TuneConfig, Tuner, TuneResult, tune
+from hypergrad.tuner import Tuner, TuneResult, tune
 from hypergrad.unroll import unroll, unrolled_grad
 
 __version__ = "0.1.0"

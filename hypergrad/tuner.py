@@ -24,7 +24,6 @@ never reports worse hyperparameters than it started with.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -36,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from hypergrad._tree import Tree, tree_isfinite, tree_norm
-from hypergrad.config import TuneConfig
+from hypergrad.config import TuneConfig, tune_config
 from hypergrad.hyperparams import HyperSpec, to_sgd_param_groups
 from hypergrad.implicit import fixed_point_grad
 from hypergrad.inner import BatchSchedule, InnerProblem
@@ -620,11 +619,7 @@ def tune(
         >>> sorted(result.hyperparameters)[:1]
         ['0.bias']
     """
-    unknown = sorted(set(config) - {f.name for f in dataclasses.fields(TuneConfig)})
-    if unknown:
-        allowed = ", ".join(f.name for f in dataclasses.fields(TuneConfig))
-        raise TypeError(f"unknown tune() argument(s): {', '.join(unknown)}; allowed: {allowed}")
-    cfg = TuneConfig(**config)
+    cfg = tune_config(config)  # TypeError naming unknown keywords; ConfigError (a ValueError) for bad values
     problem = InnerProblem(
         model, loss_fn, train_data[0], train_data[1], val_data[0], val_data[1],
         batch_size=cfg.batch_size, per=cfg.per,
