@@ -24,7 +24,6 @@ never reports worse hyperparameters than it started with.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -36,7 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from hypergrad._tree import Tree, tree_isfinite, tree_norm
-from hypergrad.hyperparams import GRANULARITIES, HyperSpec, to_sgd_param_groups
+from hypergrad.config import TuneConfig, tune_config
+from hypergrad.hyperparams import HyperSpec, to_sgd_param_groups
 from hypergrad.implicit import fixed_point_grad
 from hypergrad.inner import BatchSchedule, InnerProblem
 from hypergrad.unroll import unrolled_grad
@@ -61,115 +61,6 @@ logger = logging.getLogger("hypergrad")
 
 class DivergenceError(RuntimeError):
     """Raised when ``on_divergence="stop"`` and a meta step diverged."""
-
-
-@dataclass(frozen=True)
-class TuneConfig:
-    """Settings of a tuning run, validated once at construction.
-
-    Attributes:
-        method: hypergradient method, one of ``bptt, tbptt, rbp, cg, neumann, gmres``.
-        inner_steps: ``T``, inner SGD steps per meta step.
-        truncate: ``K``: TBPTT's truncation and the RBP solvers' iterations
-            (Neumann: terms). Ignored by ``bptt``.
-        meta_steps: number of meta steps.
-        hyper_batches: ``M``, minibatches the RBP hypergradient is averaged over.
-        meta_lr: Adam's learning rate on the unconstrained hyperparameters.
-        per: granularity: ``tensor``, ``layer``, ``global`` or ``element``.
-        batch_size: inner minibatch size.
-        seed: seed of the minibatch order (and of ``init="uniform"`` for rbp).
-        init_lr: initial learning rate (paper: exp(-1)).
-        init_momentum: initial momentum (paper: 0.5).
-        meta_loss: ``"val"`` (validation loss of w_T) or ``"train"`` (the paper
-            code's training loss on the whole training set).
-        fixed_point_batch: ``"minibatch"`` (M fresh minibatches) or ``"full"``
-            (one fixed-point step on the whole training set, the paper code's setting).
-        batch_hyper: solve the ``M`` hyper-batches as one stacked system (block-diagonal
-            Jacobian, ``torch.func.vmap`` over the loss) instead of one after another. Same
-            hypergradients for ``neumann`` and ``rbp``, whose iterations act on each block
-            separately, and for ``cg``, which takes per-block step sizes
-            (``fixed_point_grad(blocks=True)``); Neumann's ``stop_on_growth`` stops each
-            block's series on its own. ``gmres`` keeps the loop. Faster at large K; the
-            loop's memory growth is about a quarter (MNIST MLP, M = 4: ~3.5 against ~13 MiB).
-            Ignored under ``torch.distributed``.
-        clip: maximum hypergradient norm; larger ones are rescaled (``None``: off).
-        normalize: divide the hypergradient by its norm (normalised meta steps).
-        lr_schedule: ``"constant"`` or ``"cosine"`` decay of the meta lr.
-        stop_on_growth: Neumann: stop the series when a term grows (safeguard).
-        explode_threshold: a hypergradient norm above this counts as exploding.
-        blowup_ratio: a validation loss above ``blowup_ratio`` times the first
-            meta step's counts as a blow-up of the inner training (``None``: off).
-        on_divergence: ``backoff`` (restore the best hyperparameters and halve
-            the meta lr), ``skip`` (skip the update), ``clip`` (rescale an
-            exploding hypergradient to ``clip`` or 1; skip a non-finite one),
-            ``fallback`` (rbp -> neumann for that step, else skip) or ``stop``.
-    """
-
-    method: str = "neumann"
-    inner_steps: int = 100
-    truncate: int = 10
-    meta_steps: int = 50
-    hyper_batches: int = 4
-    meta_lr: float = 0.05
-    per: str = "tensor"
-    batch_size: int = 100
-    seed: int = 0
-    init_lr: float = math.exp(-1)
-    init_momentum: float = 0.5
-    meta_loss: str = "val"
-    fixed_point_batch: str = "minibatch"
-    batch_hyper: bool = True
-    clip: float | None = None
-    normalize: bool = False
-    lr_schedule: str = "constant"
-    stop_on_growth: bool = True
-    explode_threshold: float = 1e6
-    blowup_ratio: float | None = 2.0
-    on_divergence: str = "backoff"
-
-    def __post_init__(self) -> None:
-        def choice(name: str, allowed: Sequence[str]) -> None:
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(f"{name}={value!r} is not allowed; expected one of {', '.join(allowed)}")
-
-        def positive_int(name: str) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-
-        def positive_float(name: str, allow_none: bool = False) -> None:
-            value = getattr(self, name)
-            if value is None and allow_none:
-                return
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                math.isfinite(value) and value > 0
-            ):
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-
-        choice("method", TUNE_METHODS)
-        choice("per", GRANULARITIES)
-        choice("meta_loss", ("val", "train"))
-        choice("fixed_point_batch", ("minibatch", "full"))
-        choice("lr_schedule", ("constant", "cosine"))
-        choice("on_divergence", DIVERGENCE_POLICIES)
-        for name in ("inner_steps", "truncate", "meta_steps", "hyper_batches", "batch_size"):
-            positive_int(name)
-        for name in ("meta_lr", "init_lr", "explode_threshold"):
-            positive_float(name)
-        positive_float("clip", allow_none=True)
-        positive_float("blowup_ratio", allow_none=True)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
-        if not isinstance(self.init_momentum, (int, float)) or not 0.0 < self.init_momentum < 1.0:
-            raise ValueError(f"init_momentum must lie in (0, 1), got {self.init_momentum!r}")
-        if self.method == "tbptt" and self.truncate > self.inner_steps:
-            raise ValueError(
-                f"truncate ({self.truncate}) must not exceed inner_steps ({self.inner_steps}) for tbptt"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 class Callback(Protocol):
@@ -728,11 +619,7 @@ def tune(
         >>> sorted(result.hyperparameters)[:1]
         ['0.bias']
     """
-    unknown = sorted(set(config) - {f.name for f in dataclasses.fields(TuneConfig)})
-    if unknown:
-        allowed = ", ".join(f.name for f in dataclasses.fields(TuneConfig))
-        raise TypeError(f"unknown tune() argument(s): {', '.join(unknown)}; allowed: {allowed}")
-    cfg = TuneConfig(**config)
+    cfg = tune_config(config)  # TypeError naming unknown keywords; ConfigError (a ValueError) for bad values
     problem = InnerProblem(
         model, loss_fn, train_data[0], train_data[1], val_data[0], val_data[1],
         batch_size=cfg.batch_size, per=cfg.per,

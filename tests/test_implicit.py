@@ -265,7 +265,7 @@ def _reference_operators(p: Problem):
     return vjp, jvp
 
 
-@pytest.mark.parametrize("method", hypergrad.METHODS)
+@pytest.mark.parametrize("method", hypergrad.method_names("implicit"))
 @pytest.mark.parametrize("max_iter", [2, 5, 30])
 @pytest.mark.parametrize("name", ["tanh-nonsymmetric", "gru"])
 def test_info_residual_is_the_dense_residual(name: str, method: str, max_iter: int) -> None:
@@ -424,10 +424,13 @@ def test_one_step_graph_independent_of_history(mid: str, method: str, kwargs: di
     p = PROBLEMS["gru"]
     zeros = tuple(torch.zeros_like(s) for s in p.state)
     counts = []
+    # A fixed iteration count (tol=0): with forward-mode J u the number of F evaluations follows the
+    # solver's iterations, which may differ by one between two nearby h*; the history must not matter.
+    fixed = dict(kwargs, tol=0.0, max_iter=min(kwargs.get("max_iter", 30), 30))
     for steps in (60, 600):
         h = hypergrad.unroll(gru_step, zeros, p.params, steps)
         counting = CountingStep(gru_step)
-        hypergrad.fixed_point_grad(counting, h, p.params, p.state_grad, method=method, **kwargs)
+        hypergrad.fixed_point_grad(counting, h, p.params, p.state_grad, method=method, **fixed)
         counts.append(counting.calls)
     assert counts[0] == counts[1]
     if kwargs.get("jvp") == "forward":
