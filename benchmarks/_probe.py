@@ -98,14 +98,14 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             sgd_train(problem, batches)
 
         def step(salt: int) -> tuple[float, float]:
-            b = tuner.batches(salt)
+            b = tuner.objective.batches(salt)
             _sync(device)
             t0 = time.perf_counter()
             once(b)
             _sync(device)
             return time.perf_counter() - t0, float("nan")
 
-        once(tuner.batches(0)[:warm_t])
+        once(tuner.objective.batches(0)[:warm_t])
     else:
         warm = Tuner(problem, dataclasses.replace(cfg, inner_steps=warm_t))
         warm.meta_step()
@@ -118,7 +118,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             _sync(device)
             t1 = time.perf_counter()
             # the phase after the T inner steps (Tuner records how long the inner steps took)
-            inner = record.get("inner_seconds")
+            inner = record.inner_seconds
             return t1 - t0, (t1 - t0 - inner) if inner is not None else float("nan")
 
     _sync(device)

@@ -20,7 +20,7 @@ charged in the same currency:
 After the search, each method's best hyperparameters are exported with
 :func:`hypergrad.to_sgd_param_groups` and a fresh copy of the model is trained
 with ``torch.optim.SGD`` from :math:`w_0` over the same ``T`` batches (salt -1,
-those of :meth:`Tuner.evaluate`) to report test accuracy (paper §5.3). This
+those of :meth:`MetaObjective.evaluate`) to report test accuracy (paper §5.3). This
 extra training is the same for every method and is not charged to the budget.
 
 Outputs: ``compare.json`` (schema in :func:`compare`), a markdown table
@@ -64,6 +64,7 @@ from hypergrad.baselines import (
 from hypergrad.data import Split
 from hypergrad.hyperparams import HyperSpec, to_sgd_param_groups
 from hypergrad.inner import InnerProblem
+from hypergrad.objective import MetaObjective
 from hypergrad.tuner import DIVERGENCE_POLICIES, TUNE_METHODS, TuneConfig, Tuner
 
 __all__ = [
@@ -204,27 +205,21 @@ def run_gradient(
     spent = trace.cost[-1] if trace.cost else 0.0
     if start is not None:
         hparams, best_loss = start
-        with torch.no_grad():
-            for h, s in zip(tuner.hparams, hparams):
-                h.copy_(s)
-        tuner.best = tuple(h.detach().clone() for h in hparams)
-        tuner.best_loss = best_loss
-        tuner.step_count = math.ceil(spent - 1e-9)
-        tuner.best_step = tuner.step_count
+        tuner.warm_start(hparams, best_loss=best_loss, step=math.ceil(spent - 1e-9))
     t0 = time.perf_counter()
     while spent < budget - 1e-9:
         record = tuner.meta_step()
         spent += 1.0
-        trace.add(1.0, offset_seconds + time.perf_counter() - t0, record["val_loss"], method)
+        trace.add(1.0, offset_seconds + time.perf_counter() - t0, record.val_loss, method)
         if on_point is not None:
             on_point(trace)
     trace.best = tuple(b.clone() for b in tuner.best)
     trace.info[method] = {
         "meta_steps": len(tuner.history),
-        "first_step": tuner.history[0]["step"] if tuner.history else None,
+        "first_step": tuner.history[0].step if tuner.history else None,
         "best_step": tuner.best_step,
-        "events": sorted({e for r in tuner.history for e in r["events"]}),
-        "actions": {a: sum(r["action"] == a for r in tuner.history) for a in {r["action"] for r in tuner.history}},
+        "events": sorted({e for r in tuner.history for e in r.events}),
+        "actions": {a: sum(r.action == a for r in tuner.history) for a in {r.action for r in tuner.history}},
     }
     return trace
 
@@ -268,12 +263,11 @@ def run_optuna(
 
     method = method or sampler
     trace = trace if trace is not None else Trace(method, cfg.seed)
-    tuner = _tuner(problem, cfg, cfg.method, max(math.ceil(budget), 1))
     pruner_name = settings.pruner
     every = None
     if pruner_name != "none":
         every = settings.prune_every or max(cfg.inner_steps // 10, 1)
-    objective = OptunaObjective(tuner, settings.space, report_every=every)
+    objective = OptunaObjective(MetaObjective(problem, cfg), settings.space, report_every=every)
     study = create_or_load_study(
         storage=settings.storage,
         study_name=f"{settings.study_name}.{method}.seed{cfg.seed}",
@@ -583,8 +577,7 @@ def compare(
                                        on_point=on_point)
                 bar.update(max(budget - done[0], 0.0))
                 assert trace.best is not None
-                ref = Tuner(problem, scfg)
-                sgd = sgd_evaluate(problem, split, problem.spec, trace.best, ref.batches(-1))
+                sgd = sgd_evaluate(problem, split, problem.spec, trace.best, MetaObjective(problem, scfg).batches(-1))
                 runs.append({
                     "method": m,
                     "seed": seed,

@@ -12,7 +12,7 @@ Three ways a meta step goes wrong, each provoked on digits with the paper's
   :class:`hypergrad.SolveInfo` reports ``diverged``.
 
 For each of them and each policy (``backoff`` (default), ``skip``, ``clip``,
-``fallback``, ``stop``) the test checks the event in ``record["events"]`` at
+``fallback``, ``stop``) the test checks the event in ``record.events`` at
 its meta step, the warning of the ``hypergrad`` logger, the action taken, and
 that the hyperparameters, the history and the tuner state stay finite.
 """
@@ -86,17 +86,17 @@ def test_each_divergence_is_detected_logged_and_handled(problem, caplog, case, p
     if policy == "stop":
         with pytest.raises(DivergenceError, match=rf"meta step 0: .*{case}.*on_divergence='stop'"):
             tuner.run()
-        assert [r["action"] for r in tuner.history] == ["stop"]
-        assert case in tuner.history[0]["events"]
+        assert [r.action for r in tuner.history] == ["stop"]
+        assert case in tuner.history[0].events
         assert all(torch.equal(h, i) for h, i in zip(tuner.hparams, initial))  # no update was applied
     else:
         tuner.run()
         assert len(tuner.history) == cfg.meta_steps
         for k, record in enumerate(tuner.history):
-            assert record["step"] == k
+            assert record.step == k
             expected = [case, "fallback_neumann"] if (case, policy) == ("solver_diverged", "fallback") else [case]
-            assert all(e in record["events"] for e in expected), record["events"]
-            assert record["action"] == ACTIONS[case][policy]
+            assert all(e in record.events for e in expected), record.events
+            assert record.action == ACTIONS[case][policy]
         # The hypergrad logger names the meta step and the event of every meta step.
         messages = [r.getMessage() for r in caplog.records if r.name == "hypergrad"]
         for k in range(cfg.meta_steps):
@@ -104,14 +104,14 @@ def test_each_divergence_is_detected_logged_and_handled(problem, caplog, case, p
 
         if policy == "backoff":  # back to the best hyperparameters so far, meta lr halved each time
             assert all(torch.equal(h, b) for h, b in zip(tuner.hparams, tuner.best))
-            assert tuner.lr_scale == 0.5 ** cfg.meta_steps
+            assert tuner.state.lr_scale == 0.5 ** cfg.meta_steps
         if ACTIONS[case][policy] == "skipped":  # nothing applied
             assert all(torch.equal(h, i) for h, i in zip(tuner.hparams, initial))
         if ACTIONS[case][policy] in ("clipped", "fallback"):  # the step was taken
             assert not all(torch.equal(h, i) for h, i in zip(tuner.hparams, initial))
 
     assert _finite(list(tuner.hparams)) and _finite(list(tuner.best))
-    json.dumps(tuner.history, allow_nan=False)  # raises on NaN/Inf
+    json.dumps([r.to_dict() for r in tuner.history], allow_nan=False)  # raises on NaN/Inf
     state = tuner.state_dict()
     assert _finite(state["hparams"]) and _finite(state["optimizer"]["state"])
 
@@ -123,14 +123,14 @@ def test_the_default_policy_is_backoff():
 def test_no_divergence_no_event(problem):
     tuner = Tuner(problem, TuneConfig(inner_steps=20, meta_steps=2))
     tuner.run()
-    assert [r["events"] for r in tuner.history] == [[], []]
-    assert [r["action"] for r in tuner.history] == ["update", "update"]
+    assert [r.events for r in tuner.history] == [(), ()]
+    assert [r.action for r in tuner.history] == ["update", "update"]
 
 
 def test_nonfinite_inner_weights_are_a_divergence_not_a_crash(problem):
     tuner = Tuner(problem, TuneConfig(inner_steps=20, meta_steps=2, init_lr=1e38))
     record = tuner.meta_step()
-    assert "nonfinite_loss" in record["events"] and record["action"] == "backoff"
+    assert "nonfinite_loss" in record.events and record.action == "backoff"
     assert _finite(list(tuner.hparams))
 
 
@@ -143,18 +143,19 @@ def test_no_inf_in_the_tuner_state_after_nonfinite_losses(problem):
 def test_clip_policy_never_enlarges_the_hypergradient(problem):
     tuner = Tuner(problem, TuneConfig(inner_steps=20, meta_steps=1, explode_threshold=1e-6, on_divergence="clip"))
     record = tuner.meta_step()
-    assert record["action"] == "clipped"
+    assert record.action == "clipped"
     # After Adam's first step exp_avg = (1 - beta1) * applied gradient.
-    beta1 = tuner.optimizer.param_groups[0]["betas"][0]
-    states = tuner.optimizer.state.values()
+    optimizer = tuner.state.optimizer
+    beta1 = optimizer.param_groups[0]["betas"][0]
+    states = optimizer.state.values()
     applied = math.sqrt(sum(float((s["exp_avg"] / (1 - beta1)).pow(2).sum()) for s in states))
-    assert applied <= record["hypergrad_norm"] * (1 + 1e-6)
+    assert applied <= record.hypergrad_norm * (1 + 1e-6)
 
 
 def test_fallback_record_still_names_the_divergence(problem):
     tuner = Tuner(problem, _config("solver_diverged", "fallback"))
     record = tuner.meta_step()
-    assert "solver_diverged" in record["events"] and "fallback_neumann" in record["events"]
+    assert "solver_diverged" in record.events and "fallback_neumann" in record.events
 
 
 # ---------------------------------------------------------------------- the CLI
@@ -221,6 +222,6 @@ def test_a_neumann_series_with_zero_terms_is_logged_once(caplog):
     tuner.callbacks.append(LoggingCallback())
     caplog.set_level(logging.WARNING, logger="hypergrad")
     tuner.run()
-    assert all(r["solver"]["iterations"] == 0 for r in tuner.history)
+    assert all(r.solver.iterations == 0 for r in tuner.history)
     zero = [r.getMessage() for r in caplog.records if "before its first term" in r.getMessage()]
     assert len(zero) == 1 and zero[0].startswith("meta step 0:")

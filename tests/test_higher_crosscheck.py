@@ -27,8 +27,8 @@ def test_bptt_hypergradient_matches_higher(per):
         (h + 0.2 * torch.randn(h.shape, generator=g, dtype=h.dtype)).requires_grad_(True)
         for h in spec.init(0.3, 0.6, torch.float64)
     )
-    batches = tuner.batches(0)
-    ours, *_ = tuner.hypergradient(hp, batches, "bptt")
+    batches = tuner.objective.batches(0)
+    ours = tuner.objective.hypergradient(hp, 0, method="bptt").grad
 
     # Independent: torch.optim.SGD(lr = a(1-b), momentum = b, dampening = 0) unrolled by higher.
     model = problem.model

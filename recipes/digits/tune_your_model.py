@@ -40,17 +40,17 @@ def plot(result: hypergrad.TuneResult, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     hist = result.history
-    steps = [r["step"] for r in hist]
+    steps = [r.step for r in hist]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    axes[0].plot(steps, [r["val_loss"] for r in hist], label="validation (meta loss)")
-    axes[0].plot(steps, [r["train_loss"] for r in hist], label="training")
+    axes[0].plot(steps, [r.val_loss for r in hist], label="validation (meta loss)")
+    axes[0].plot(steps, [r.train_loss for r in hist], label="training")
     axes[0].set_yscale("log")
     axes[0].set_xlabel("meta step")
     axes[0].set_ylabel("loss after T inner steps")
     axes[0].legend()
-    for name in hist[0]["hyperparameters"]:
-        axes[1].plot(steps, [r["hyperparameters"][name]["lr"] for r in hist], label=name)
-        axes[2].plot(steps, [r["hyperparameters"][name]["momentum"] for r in hist], label=name)
+    for name in hist[0].hyperparameters:
+        axes[1].plot(steps, [r.hyperparameters[name]["lr"] for r in hist], label=name)
+        axes[2].plot(steps, [r.hyperparameters[name]["momentum"] for r in hist], label=name)
     axes[1].set_yscale("log")
     axes[1].set_title("learning rate α per tensor")
     axes[2].set_title("momentum β per tensor")
