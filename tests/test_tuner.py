@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -219,3 +220,76 @@ def test_stacked_hyper_batches_equal_the_loop_even_when_a_series_stops_early(met
     if method == "neumann":
         assert "growth" in st_l.solver.stop_reasons  # the case this test is about
         assert "growth" in st_s.solver.stop_reasons
+
+
+# ---------------------------------------------------------------------- warm start
+def test_warm_start_sets_the_current_and_best_hyperparameters_and_the_next_salt():
+    tuner = tiny_tuner(method="neumann", inner_steps=10, truncate=3, meta_steps=6)
+    start = tuple(h.detach() + 0.3 for h in tuner.hparams)
+    tuner.warm_start(start, best_loss=0.25, step=4)
+    assert (tuner.step_count, tuner.best_step, tuner.best_loss) == (4, 4, 0.25)
+    assert all(torch.equal(h, s) for h, s in zip(tuner.hparams, start))
+    assert all(torch.equal(b, s) for b, s in zip(tuner.best, start))
+    record = tuner.meta_step()  # the warm hyperparameters, evaluated on the batches of salt 4
+    assert record.step == 4
+    assert record.val_loss == pytest.approx(tuner.objective.value(start, 4), rel=1e-12)
+    assert not all(torch.equal(h, s) for h, s in zip(tuner.hparams, start))  # Adam moved them ...
+    assert all(torch.equal(s, s0 + 0.3) for s, s0 in zip(start, tiny_tuner().hparams))  # ... not the caller's
+    result = tuner.run()  # the rest of the budget: steps 5 .. meta_steps - 1
+    assert [r.step for r in result.history] == [4, 5]
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ("after_a_step", "warm_start must come before the first step"),
+        ("layout", "do not match this problem's layout"),
+        ("step", "step must be an integer >= 0"),
+        ("nan", "best_loss must be a number"),
+    ],
+)
+def test_warm_start_refuses_what_it_cannot_honour(change, match):
+    tuner = tiny_tuner(method="neumann", inner_steps=10, truncate=3)
+    hparams, best_loss, step = tuple(h.detach() for h in tuner.hparams), math.inf, 0
+    if change == "after_a_step":
+        tuner.meta_step()
+    elif change == "layout":
+        hparams = hparams[:-1]
+    elif change == "step":
+        step = -1
+    else:
+        best_loss = math.nan
+    with pytest.raises(ValueError, match=match):
+        tuner.warm_start(hparams, best_loss=best_loss, step=step)
+
+
+# ---------------------------------------------------------------------- typed records
+@pytest.mark.parametrize("method", ["bptt", "neumann"])
+def test_records_round_trip_through_their_json_form(method):
+    tuner = tiny_tuner(method=method, inner_steps=10, truncate=3, meta_steps=2)
+    tuner.run()
+    for record in tuner.history:
+        data = record.to_dict()
+        assert list(data) == ["step", "meta_loss", "val_loss", "train_loss", "hypergrad_norm", "hypergrad_spread",
+                              "solver", "events", "action", "meta_lr", "seconds", "inner_seconds",
+                              "hyperparameters"]
+        assert json.loads(json.dumps(data, allow_nan=False)) == data
+        assert MetaStepRecord.from_dict(data).to_dict() == data
+        assert (data["solver"] == {}) == (method == "bptt")
+    # a checkpoint rebuilds the typed records
+    again = tiny_tuner(method=method, inner_steps=10, truncate=3, meta_steps=2)
+    again.load_state_dict(tuner.state_dict())
+    assert all(isinstance(r, MetaStepRecord) for r in again.history)
+    assert [r.to_dict() for r in again.history] == [r.to_dict() for r in tuner.history]
+
+
+def test_non_finite_values_are_none_in_a_record_and_nan_in_its_solver_stats():
+    solver = SolverStats(method="rbp", iterations=3.0, residual=math.inf, converged=False, diverged=True,
+                         stop_reasons=("nonfinite",), spectral_radius=math.nan)
+    record = MetaStepRecord(step=0, meta_loss=None, val_loss=None, train_loss=0.5, solver=solver,
+                            events=("solver_diverged",), action="backoff")
+    data = record.to_dict()
+    assert data["solver"]["residual"] is None and data["solver"]["spectral_radius"] is None
+    back = MetaStepRecord.from_dict(data)
+    assert math.isinf(solver.residual) and math.isnan(back.solver.spectral_radius)
+    assert back.to_dict() == data and back.events == ("solver_diverged",)
