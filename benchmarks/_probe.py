@@ -141,8 +141,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     history = getattr(tuner, "history", None) if method != "sgd" else None
     if history:  # solver iterations actually run (Neumann stops early on a growing term by default)
-        its = [h["solver"].get("iterations") for h in history if h.get("solver")]
-        extra["solver_iterations"] = [i for i in its if i is not None]
+        its = [h.solver.iterations for h in history if h.solver is not None and h.solver.skipped is None]
+        extra["solver_iterations"] = [i for i in its if math.isfinite(i)]
     if device != "cpu":  # on a GPU the memory that matters is the device's, from the caching allocator
         extra = {"gpu_peak_mib": (gpu_peak - gpu_base) / 2**20, "gpu_total_peak_mib": gpu_peak / 2**20,
                  "gpu_name": torch.cuda.get_device_name()}
