@@ -3,18 +3,23 @@
 Implements Liao et al., "Reviving and Improving Recurrent Back-Propagation",
 ICML 2018. The public namespace:
 
+* :data:`METHODS` / :func:`gradient`: the method table (BPTT, TBPTT, RBP, CG-RBP,
+  Neumann-RBP, GMRES-RBP) and the one function that computes a gradient by any of them
+  (:mod:`hypergrad.methods`);
 * :func:`fixed_point_grad`: RBP, CG-RBP, Neumann-RBP (and GMRES) through a steady state;
 * :func:`unrolled_grad`: BPTT and truncated BPTT over the same map;
 * :class:`FixedPoint`: a differentiable fixed-point layer with an RBP backward;
 * :mod:`hypergrad.linalg`: the matrix-free solvers and :class:`SolveInfo`.
 """
 
-from hypergrad import linalg
+from hypergrad import linalg, methods
+from hypergrad.config import TuneConfig
 from hypergrad.hyperparams import HyperSpec, to_sgd_param_groups
-from hypergrad.implicit import METHODS, FixedPoint, fixed_point_grad, solve_adjoint
+from hypergrad.implicit import FixedPoint, fixed_point_grad, solve_adjoint
 from hypergrad.inner import InnerProblem
 from hypergrad.linalg import SolveInfo
-from hypergrad.tuner import TuneConfig, Tuner, TuneResult, tune
+from hypergrad.methods import METHODS, GradResult, Method, get_method, gradient, method_names
+from hypergrad.tuner import Tuner, TuneResult, tune
 from hypergrad.unroll import unroll, unrolled_grad
 
 __version__ = "0.1.0"
@@ -22,15 +27,21 @@ __version__ = "0.1.0"
 __all__ = [
     "METHODS",
     "FixedPoint",
+    "GradResult",
     "HyperSpec",
     "InnerProblem",
+    "Method",
     "SolveInfo",
     "TuneConfig",
     "TuneResult",
     "Tuner",
     "__version__",
     "fixed_point_grad",
+    "get_method",
+    "gradient",
     "linalg",
+    "method_names",
+    "methods",
     "solve_adjoint",
     "to_sgd_param_groups",
     "tune",

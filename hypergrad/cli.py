@@ -1,7 +1,9 @@
 """Command-line interface: ``hypergrad <command> ...``.
 
 Commands: ``tune`` (the main job), ``check-grad`` (hypergradient fidelity against BPTT),
-``compare`` (hypergradients against Optuna samplers at a matched budget).
+``compare`` (hypergradients against Optuna samplers at a matched budget). The flags of the
+tuner's and the run's settings are generated from :class:`hypergrad.config.TuneConfig` and
+:class:`hypergrad.config.RunConfig`; this module holds all of the CLI's argparse.
 
 Exit codes:
   0  success
@@ -13,16 +15,29 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
-import math
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hypergrad._imports import MissingDependency
 from hypergrad._io import json_safe as _json_safe
 from hypergrad._io import write_json as _write_json
+from hypergrad.config import (
+    ConfigError,
+    RunConfig,
+    TuneConfig,
+    add_config_flags,
+    build_configs,
+    flag_values,
+    int_flag,
+    load_config_file,
+    method_names,
+    validate_keys,
+)
 
 EXIT_OK, EXIT_DIVERGED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -39,37 +54,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-_positive_int = _int_at_least(1)
-_nonneg_int = _int_at_least(0)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
-    return value
+_positive_int = int_flag(1)
 
 
 def _add_problem_flags(p: argparse.ArgumentParser) -> None:
     """``--config`` and the data, model and inner-problem flags (shared by every command)."""
-    from hypergrad.config import RunConfig, TuneConfig, add_config_flags
-
     g = p.add_argument_group("data and model")
     g.add_argument("--config", metavar="FILE", help="TOML or YAML file with the same keys as these flags")
     add_config_flags(g, RunConfig, groups=["data"])
@@ -77,8 +66,6 @@ def _add_problem_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_tune_flags(p: argparse.ArgumentParser) -> None:
-    from hypergrad.config import RunConfig, TuneConfig, add_config_flags
-
     g = p.add_argument_group("meta optimisation")
     add_config_flags(g, TuneConfig, groups=["meta"])
     o = p.add_argument_group("output")
@@ -97,8 +84,6 @@ def _add_tune_flags(p: argparse.ArgumentParser) -> None:
 
 def _collect(args: argparse.Namespace) -> dict[str, Any]:
     """Config-file values overridden by the flags that were given."""
-    from hypergrad.config import flag_values, load_config_file
-
     values: dict[str, Any] = load_config_file(args.config) if getattr(args, "config", None) else {}
     values.update(flag_values(args))
     return values
@@ -108,7 +93,6 @@ def _collect(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_tune(args: argparse.Namespace) -> int:
     from hypergrad.callbacks import LoggingCallback, ProgressBar, TensorBoardLogger
     from hypergrad.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-    from hypergrad.config import build_configs, validate_keys
     from hypergrad.distributed import init_from_env, launched_by_torchrun
     from hypergrad.tuner import DivergenceError, Tuner
     from hypergrad.workloads import build_problem
@@ -208,14 +192,13 @@ def cmd_check_grad(args: argparse.Namespace) -> int:
     import torch
 
     from hypergrad._tree import tree_dot, tree_norm
-    from hypergrad.config import build_configs
-    from hypergrad.objective import TUNE_METHODS, MetaObjective
+    from hypergrad.objective import MetaObjective
     from hypergrad.workloads import build_problem
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in methods:
-        if m not in TUNE_METHODS:
-            raise UsageError(f"unknown method {m!r} in --methods; expected some of {', '.join(TUNE_METHODS)}")
+        if m not in method_names():
+            raise UsageError(f"unknown method {m!r} in --methods; expected some of {', '.join(method_names())}")
     values = _collect(args)
     values.setdefault("method", "bptt")
     cfg, run = build_configs(values)
@@ -261,10 +244,115 @@ def cmd_check_grad(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
-    from hypergrad.compare import cmd_compare as run_compare
+# ---------------------------------------------------------------------- compare
+def _range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH such as 1e-3,10, got {text!r}") from None
+    return lo, hi
 
-    return run_compare(args)
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``compare`` flags: tune's data/model and tuner flags plus methods, budget, seeds, Optuna and output."""
+    from hypergrad.baselines import PRUNERS, SAMPLERS
+    from hypergrad.compare.methods import DEFAULT_METHODS
+
+    _add_problem_flags(parser)
+    g = parser.add_argument_group("comparison")
+    g.add_argument("--methods", default=DEFAULT_METHODS,
+                   help=f"comma-separated gradient methods ({', '.join(method_names())}), samplers "
+                        f"({', '.join(SAMPLERS)}) and hybrids tpe+<gradient method> (default {DEFAULT_METHODS})")
+    g.add_argument("--budget", type=_positive_int, default=100,
+                   help="inner trainings per method and seed (one trial = one meta step = one; default 100)")
+    g.add_argument("--seeds", type=_positive_int, default=3, help="number of seeds, from --seed on (3)")
+    g.add_argument("--hybrid-split", type=float, default=0.3,
+                   help="fraction of the budget TPE spends before the tuner refines (0.3)")
+    t = parser.add_argument_group("the tuner's meta optimisation (gradient methods and hybrids)")
+    add_config_flags(t, TuneConfig, groups=["meta"], exclude=["method", "meta_steps"])
+    o = parser.add_argument_group("optuna")
+    o.add_argument("--storage", default=None,
+                   help="Optuna storage: sqlite:///FILE.db, postgresql://..., journal:FILE or FILE.log/.journal "
+                        "(journal file); default in memory")
+    o.add_argument("--study-name", default="hypergrad-compare",
+                   help="prefix of the study names (<name>.<method>.seed<S>); studies resume")
+    o.add_argument("--n-jobs", type=_positive_int, default=1, help="parallel Optuna trials (threads) per study")
+    o.add_argument("--pruner", choices=PRUNERS, default="none",
+                   help="median: prune on intermediate validation losses (off by default: budgets stay comparable)")
+    o.add_argument("--prune-every", type=_positive_int, default=None,
+                   help="report the validation loss every S inner steps (default T/10)")
+    o.add_argument("--lr-range", type=_range, default=(1e-3, 10.0), metavar="LOW,HIGH",
+                   help="log-uniform learning-rate range of the search (1e-3,10)")
+    o.add_argument("--momentum-range", type=_range, default=(0.0, 0.99), metavar="LOW,HIGH",
+                   help="uniform momentum range of the search (0,0.99)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--logdir", default=None, metavar="DIR", help="TensorBoard runs DIR/<method>/seed<S>")
+    out.add_argument("--out", default=None, metavar="FILE",
+                     help="results JSON (default compare.json); the table and plot go next to it (.md, .png)")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Run the comparison; user errors raise ``ValueError`` / ``ConfigError``."""
+    from hypergrad._imports import optional_import
+    from hypergrad.baselines import SearchSpace, make_storage
+    from hypergrad.compare import OptunaSettings, compare, markdown_table, method_kind, parse_methods, plot, redact
+    from hypergrad.data import Split
+    from hypergrad.inner import InnerProblem
+    from hypergrad.workloads import build_problem, load_split
+
+    optuna = optional_import("optuna", "optuna", purpose="hypergrad compare")
+    methods = parse_methods(args.methods)
+    values = _collect(args)
+    values.pop("method", None)
+    values.setdefault("method", "neumann")
+    out = Path(values.pop("out", None) or "compare.json")
+    logdir = values.pop("logdir", None)
+    cfg, run = build_configs(values)
+    if cfg.per == "element" and any(method_kind(m) != "gradient" for m in methods):
+        raise ValueError("--per element cannot be searched by Optuna; use tensor, layer or global")
+    if not 0.0 < args.hybrid_split < 1.0:
+        raise ValueError(f"--hybrid-split must lie in (0, 1), got {args.hybrid_split}")
+    for m in methods:
+        if m.endswith("tbptt") and cfg.truncate > cfg.inner_steps:
+            raise ValueError(f"--truncate ({cfg.truncate}) must not exceed --inner-steps ({cfg.inner_steps})")
+    space = SearchSpace(args.lr_range[0], args.lr_range[1], args.momentum_range[0], args.momentum_range[1])
+    storage = make_storage(args.storage)
+    settings = OptunaSettings(
+        storage=storage, study_name=args.study_name, pruner=args.pruner, prune_every=args.prune_every,
+        n_jobs=args.n_jobs, space=space,
+    )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    seeds = list(range(cfg.seed, cfg.seed + args.seeds))
+    run_key = {"dataset": run.dataset, "hidden": list(run.hidden), "n_train": run.n_train}
+
+    def problems(seed: int) -> tuple[InnerProblem, Split]:
+        scfg = dataclasses.replace(cfg, seed=seed)
+        return build_problem(run, scfg, load_split(run, seed))
+
+    print(
+        f"comparing {', '.join(methods)} on {run.dataset} (MLP hidden {','.join(map(str, run.hidden))}, "
+        f"T={cfg.inner_steps}, K={cfg.truncate}, per={cfg.per}) with {args.budget} inner trainings each, "
+        f"seeds {seeds[0]}..{seeds[-1]}",
+        file=sys.stderr,
+    )
+    result = compare(
+        problems, cfg, methods, args.budget, seeds, settings=settings, hybrid_split=args.hybrid_split,
+        logdir=logdir, run_key=run_key, progress=not args.no_progress,
+    )
+    result["run"] = {"dataset": run.dataset, "data_root": run.data_root, "hidden": list(run.hidden),
+                     "n_train": run.n_train, "argv": [redact(a) if "://" in a else a for a in sys.argv[1:]]}
+    _write_json(out, result)
+    table = markdown_table(result["summary"], args.budget)
+    md = out.with_suffix(".md")
+    md.write_text(table, encoding="utf-8")
+    png = out.with_suffix(".png")
+    plot(result["runs"], methods, png, title=f"{run.dataset}, T={cfg.inner_steps}, {len(seeds)} seed(s)")
+    print(table)
+    print(f"results: {out}  table: {md}  plot: {png}")
+    if logdir:
+        print(f"TensorBoard: tensorboard --logdir {logdir}")
+    return EXIT_OK
 
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
@@ -298,17 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         if name == "compare":
-            from hypergrad.compare import add_compare_arguments
-
             add_compare_arguments(p)
             continue
         _add_problem_flags(p)
         if name == "tune":
             _add_tune_flags(p)
         if name == "check-grad":
-            p.add_argument(
-                "--methods", default="bptt,tbptt,rbp,cg,neumann,gmres", help="comma-separated methods to compare"
-            )
+            p.add_argument("--methods", default=",".join(method_names()), help="comma-separated methods to compare")
             p.add_argument("--out", default=None, metavar="FILE", help="JSON with every hypergradient")
     return parser
 
@@ -320,7 +404,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from hypergrad.checkpoint import CheckpointError
-    from hypergrad.config import ConfigError
     from hypergrad.data import DataError
 
     torch.set_num_threads(args.threads)
@@ -330,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hypergrad: interrupted; the last checkpoint is kept (continue with --resume DIR)", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (UsageError, ConfigError, DataError, CheckpointError, ValueError, OSError) as exc:
+    except (UsageError, ConfigError, DataError, CheckpointError, MissingDependency, ValueError, OSError) as exc:
         if args.debug:
             raise
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

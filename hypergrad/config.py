@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from hypergrad.hyperparams import GRANULARITIES
+from hypergrad.methods import method_names
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -45,19 +46,15 @@ __all__ = [
     "TuneConfig",
     "add_config_flags",
     "build_configs",
+    "flag_values",
+    "float_flag",
+    "int_flag",
     "load_config_file",
+    "method_names",
     "options",
     "tune_config",
     "validate_keys",
 ]
-
-
-def method_names() -> tuple[str, ...]:
-    """The hypergradient methods (bptt, tbptt: unrolled; rbp, cg, neumann, gmres: implicit).
-
-    TODO(methods): replace this function by ``from hypergrad.methods import method_names``.
-    """
-    return ("bptt", "tbptt", "rbp", "cg", "neumann", "gmres")
 
 
 DIVERGENCE_POLICIES = ("backoff", "skip", "clip", "fallback", "stop")
@@ -376,7 +373,9 @@ def build_configs(values: Mapping[str, Any]) -> tuple[TuneConfig, RunConfig]:
 
 
 # ---------------------------------------------------------------------- command-line flags
-def _int_at_least(minimum: float) -> Callable[[str], int]:
+def int_flag(minimum: float) -> Callable[[str], int]:
+    """An argparse ``type=``: an integer ``>= minimum``."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -389,7 +388,9 @@ def _int_at_least(minimum: float) -> Callable[[str], int]:
     return parse
 
 
-def _number(positive: bool, open_interval: tuple[float, float] | None) -> Callable[[str], float]:
+def float_flag(*, positive: bool = False, open_interval: tuple[float, float] | None = None) -> Callable[[str], float]:
+    """An argparse ``type=``: a finite number, ``> 0`` if ``positive``, inside ``open_interval`` if given."""
+
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -418,9 +419,9 @@ def flag_type(opt: Option) -> Callable[[str], Any] | None:
     md = opt.metadata
     parse: Callable[[str], Any]
     if opt.kind is int:
-        parse = _int_at_least(md.get("minimum", -math.inf))
+        parse = int_flag(md.get("minimum", -math.inf))
     elif opt.kind is float:
-        parse = _number(bool(md.get("positive")), md.get("open_interval"))
+        parse = float_flag(positive=bool(md.get("positive")), open_interval=md.get("open_interval"))
     else:  # strings; a list of integers is parsed by flag_values, to report as a usage error (exit 2)
         return None
     if opt.nullable:

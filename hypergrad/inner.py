@@ -6,10 +6,17 @@ One step of SGD with momentum, in the form of Maclaurin et al. (2015):
     v' = \beta \odot v - (1 - \beta) \odot \nabla_w L_\text{train}(w; B_t), \qquad
     w' = w + \alpha \odot v'.
 
+The update is :func:`sgd_momentum_step` (pure, differentiable) and its in-place foreach
+twin :func:`sgd_momentum_step_` (the no-graph hot loop); every inner path uses one of them.
+
 The state is :math:`h = (w_1..w_n, v_1..v_n)` and the "parameters" of this RNN
 are the hyperparameters :math:`(\alpha, \beta)`. The user's ``nn.Module`` is run
 through :func:`torch.func.functional_call`; its buffers (e.g. BatchNorm running
 statistics) are held fixed at their values when the problem is built.
+
+The data sit behind a :class:`~hypergrad.data.source.DataSource`: :meth:`InnerProblem.schedule`
+gives the ``T`` minibatches of one inner run, :meth:`InnerProblem.sample_batches` ``M``
+independent ones, :meth:`InnerProblem.full_batch` a whole split.
 
 :class:`InnerProblem` is shared by the tuner, the Optuna objective, ``check-grad``
 and the benchmarks, so every method trains exactly the same way.
@@ -19,109 +26,81 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from hypergrad._tree import Tree
+from hypergrad.data.schedule import BatchSchedule, batch_indices
+from hypergrad.data.source import (
+    Batch,
+    Batches,
+    DatasetSource,
+    IndexBatches,
+    Inputs,
+    LoaderSource,
+    TensorSource,
+    as_batch,
+    as_source,
+    batch_len,
+    shard_batch,
+)
 from hypergrad.distributed import DataParallel
 from hypergrad.hyperparams import HyperSpec
 
-__all__ = ["BatchSchedule", "InnerProblem", "batch_indices"]
+__all__ = ["BatchSchedule", "InnerProblem", "batch_indices", "sgd_momentum_step", "sgd_momentum_step_"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+Source = TensorSource | DatasetSource | LoaderSource
+Scalars = Sequence[Tensor] | Sequence[float]
 
 
-class BatchSchedule(Sequence[Tensor]):
-    """The ``num_steps`` minibatches of one inner run, drawn lazily: consecutive shuffled epochs.
+def sgd_momentum_step(
+    weights: Sequence[Tensor], velocity: Sequence[Tensor], grads: Sequence[Tensor], lrs: Scalars, moms: Scalars
+) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+    r"""One step of SGD with momentum (paper §5.3, after Maclaurin et al., 2015), as a pure function.
 
-    Behaves like the ``(num_steps, batch_size)`` index tensor it stands for (``len``,
-    iteration over rows, integer and slice indexing, :meth:`tensor`), but holds only the
-    current epoch's permutation, so an inner run of any length ``T`` costs ``O(n)`` index
-    memory instead of ``O(T * batch_size)``. Iterating twice gives the same rows: every
-    pass restarts the generator from ``seed``.
+    .. math::
+        v' = \beta \odot v - (1 - \beta) \odot g, \qquad w' = w + \alpha \odot v'.
+
+    Args:
+        weights, velocity, grads: one tensor per parameter tensor.
+        lrs, moms: :math:`\alpha` and :math:`\beta` per parameter tensor (numbers, or tensors
+            broadcastable against it); see :meth:`HyperSpec.per_tensor`.
+
+    Returns:
+        ``(w', v')``. Differentiable in every argument (BPTT and RBP build their graph
+        through it). ``torch.optim.SGD`` with ``lr = alpha * (1 - beta)``, ``momentum = beta``
+        and ``dampening = 0`` takes the same step (:func:`~hypergrad.hyperparams.to_sgd_param_groups`).
     """
-
-    __slots__ = ("_start", "_stop", "batch_size", "n", "num_steps", "seed")
-
-    def __init__(self, n: int, batch_size: int, num_steps: int, seed: int, _start: int = 0, _stop: int | None = None):
-        if n < 1 or batch_size < 1 or num_steps < 0:
-            raise ValueError(f"need n >= 1, batch_size >= 1, num_steps >= 0; got {n}, {batch_size}, {num_steps}")
-        self.n, self.batch_size, self.num_steps, self.seed = n, batch_size, num_steps, seed
-        self._start = _start
-        self._stop = num_steps if _stop is None else _stop
-
-    @property
-    def per_epoch(self) -> int:
-        return max(self.n // self.batch_size, 1)
-
-    def _epochs(self, first: int = 0):
-        """Yield ``(epoch, rows)`` with ``rows`` of shape ``(per_epoch, batch_size)``, from epoch ``first``."""
-        gen = torch.Generator().manual_seed(self.seed)
-        n, b, per = self.n, self.batch_size, self.per_epoch
-        epoch = 0
-        while True:
-            perm = torch.randperm(n, generator=gen)
-            if epoch >= first:
-                if n >= b:
-                    yield epoch, perm[: per * b].view(per, b)
-                else:
-                    yield epoch, perm.repeat(-(-b // n))[:b].view(1, b)
-            epoch += 1
-
-    def __len__(self) -> int:
-        return max(self._stop - self._start, 0)
-
-    def __iter__(self):
-        if len(self) == 0:
-            return
-        per = self.per_epoch
-        t = self._start
-        for epoch, rows in self._epochs(self._start // per):
-            while t < self._stop and t // per == epoch:
-                yield rows[t - epoch * per]
-                t += 1
-            if t >= self._stop:
-                return
-
-    def __getitem__(self, key):  # type: ignore[override]
-        if isinstance(key, slice):
-            start, stop, stride = key.indices(len(self))
-            if stride != 1:
-                raise ValueError("a BatchSchedule supports only contiguous slices")
-            return BatchSchedule(self.n, self.batch_size, self.num_steps, self.seed,
-                                 self._start + start, self._start + max(stop, start))
-        t = int(key)
-        if t < 0:
-            t += len(self)
-        if not 0 <= t < len(self):
-            raise IndexError(f"step {key} out of range for {len(self)} steps")
-        return next(iter(self[t : t + 1]))
-
-    def tensor(self) -> Tensor:
-        """The schedule as a ``(len(self), batch_size)`` int64 tensor."""
-        rows = list(self)
-        return torch.stack(rows) if rows else torch.empty(0, self.batch_size, dtype=torch.int64)
-
-    def __repr__(self) -> str:
-        return (f"BatchSchedule(n={self.n}, batch_size={self.batch_size}, steps={self._start}:{self._stop}, "
-                f"seed={self.seed})")
+    v_new = tuple(b * v - (1 - b) * g for b, v, g in zip(moms, velocity, grads))
+    w_new = tuple(w + a * vn for w, a, vn in zip(weights, lrs, v_new))
+    return w_new, v_new
 
 
-def batch_indices(n: int, batch_size: int, num_steps: int, generator: torch.Generator | int) -> Tensor:
-    """``(num_steps, batch_size)`` indices: consecutive shuffled epochs over ``n`` examples.
+def sgd_momentum_step_(
+    weights: list[Tensor], velocity: list[Tensor], grads: Sequence[Tensor], lrs: Scalars, moms: Scalars,
+    *, damping: Scalars | None = None,
+) -> None:
+    r""":func:`sgd_momentum_step` in place, with foreach kernels (no graph): the inner loop's hot path.
 
-    The eager form of :class:`BatchSchedule` (``generator``: a seed, or a fresh
-    generator whose initial seed is used).
+    Overwrites ``velocity`` with :math:`v'` and ``weights`` with :math:`w'`; the same values
+    as :func:`sgd_momentum_step` (``tests/test_inner_kernel.py``). ``damping``: the
+    precomputed :math:`-(1 - \beta)` per tensor, for a loop that reuses it every step.
     """
-    seed = generator if isinstance(generator, int) else generator.initial_seed()
-    return BatchSchedule(n, batch_size, num_steps, seed).tensor()
+    torch._foreach_mul_(velocity, moms)
+    torch._foreach_add_(velocity, torch._foreach_mul(grads, damping if damping is not None else
+                                                     [-(1 - b) for b in moms]))
+    torch._foreach_add_(weights, torch._foreach_mul(velocity, lrs))
 
 
-@dataclass
+def _call(module: nn.Module, x: Inputs) -> Tensor:
+    return module(*x) if isinstance(x, tuple) else module(x)
+
+
 class InnerProblem:
     """A model, a loss and data, seen as the recurrent map of SGD with momentum.
 
@@ -129,47 +108,67 @@ class InnerProblem:
         model: the user's module. Its current trainable parameters are the
             starting weights :math:`w_0` of every inner run (a snapshot is taken).
         loss_fn: ``loss_fn(outputs, targets) -> scalar`` (e.g. ``F.cross_entropy``).
-        x_train, y_train: training inputs and targets.
-        x_val, y_val: validation inputs and targets (the default meta loss).
-        batch_size: inner minibatch size.
+        x_train, y_train, x_val, y_val: in-memory training and validation tensors (the
+            original form; ``train=(x_train, y_train), val=(x_val, y_val)`` is the same).
+        train, val: the training data and the validation data (the default meta loss), as
+            anything :func:`~hypergrad.data.source.as_source` accepts: ``(x, y)`` tensors or
+            NumPy arrays (``x`` may be a tuple of tensors, passed as ``model(*x)``), a
+            ``Dataset``, a ``DataLoader`` or any re-iterable of ``(x, y)`` batches.
+        batch_size: inner minibatch size (a loader's own batch size takes precedence).
         per: hyperparameter granularity (see :mod:`hypergrad.hyperparams`).
         parallel: data-parallel context under ``torchrun``: :meth:`train` then uses
             this rank's shard of every minibatch and averages the gradients over
             ranks (:mod:`hypergrad.distributed`). ``None``: one process.
     """
 
-    model: nn.Module
-    loss_fn: LossFn
-    x_train: Tensor
-    y_train: Tensor
-    x_val: Tensor
-    y_val: Tensor
-    batch_size: int = 100
-    per: str = "tensor"
-    parallel: DataParallel | None = None
-    spec: HyperSpec = field(init=False)
-    w0: tuple[Tensor, ...] = field(init=False)
-    buffers: dict[str, Tensor] = field(init=False)
-    _template: nn.Module = field(init=False, repr=False, compare=False)
-    _local: threading.local = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        self.spec = HyperSpec.build([(n, p.shape) for n, p in named], self.per)
-        self.w0 = tuple(p.detach().clone() for _, p in named)
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        x_train: Any = None,
+        y_train: Any = None,
+        x_val: Any = None,
+        y_val: Any = None,
+        *,
+        train: Any = None,
+        val: Any = None,
+        batch_size: int = 100,
+        per: str = "tensor",
+        parallel: DataParallel | None = None,
+    ) -> None:
+        tensors = (x_train, y_train, x_val, y_val)
+        if train is not None or val is not None:
+            if any(t is not None for t in tensors):
+                raise TypeError("pass the data either as x_train, y_train, x_val, y_val or as train=, val=, not both")
+            if train is None or val is None:
+                raise TypeError(f"{'train' if train is None else 'val'}= is missing: pass both train= and val=")
+            self.train_source: Source = as_source(train, "train_data")
+            self.val_source: Source = as_source(val, "val_data")
+        else:
+            names = ("x_train", "y_train", "x_val", "y_val")
+            missing = [n for n, t in zip(names, tensors) if t is None]
+            if missing:
+                raise TypeError(f"missing data: {', '.join(missing)} (or pass train=(x, y), val=(x, y))")
+            self.train_source = TensorSource(x_train, y_train, name="train_data")
+            self.val_source = TensorSource(x_val, y_val, name="val_data")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        self.model, self.loss_fn = model, loss_fn
+        self.batch_size, self.per, self.parallel = batch_size, per, parallel
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.spec = HyperSpec.build([(n, p.shape) for n, p in named], per)
+        self.w0: tuple[Tensor, ...] = tuple(p.detach().clone() for _, p in named)
         # functional_call swaps tensors into the module it runs for the duration of the
         # call, so one module must never serve two threads at once (Optuna's n_jobs): a
         # pristine template is only ever deep-copied, and every thread runs its own copy.
-        self._template = copy.deepcopy(self.model)
+        self._template = copy.deepcopy(model)
         self._local = threading.local()
-        self.buffers = {n: b.detach() for n, b in self._template.named_buffers()}
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
-        for name, x, y in (("train", self.x_train, self.y_train), ("val", self.x_val, self.y_val)):
-            if len(x) != len(y):
-                raise ValueError(f"x_{name} has {len(x)} rows but y_{name} has {len(y)}")
-            if len(x) == 0:
-                raise ValueError(f"the {name} set is empty")
+        self.buffers: dict[str, Tensor] = {n: b.detach() for n, b in self._template.named_buffers()}
+
+    def __repr__(self) -> str:
+        return (f"InnerProblem(model={type(self.model).__name__}, train={type(self.train_source).__name__}, "
+                f"val={type(self.val_source).__name__}, batch_size={self.batch_size}, per={self.per!r}, "
+                f"tensors={self.num_tensors})")
 
     def __getstate__(self) -> dict:
         """Pickling and ``copy.deepcopy`` leave out the per-thread module copies."""
@@ -180,6 +179,95 @@ class InnerProblem:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._local = threading.local()
+
+    # ------------------------------------------------------------------ the data
+    def _tensors(self, split: str) -> TensorSource:
+        source = self.val_source if split == "val" else self.train_source
+        if not isinstance(source, TensorSource):
+            raise TypeError(f"the {split} data are a {type(source).__name__}, not in-memory tensors; "
+                            f"use problem.schedule/sample_batches/full_batch({split!r})")
+        return source
+
+    @property
+    def x_train(self) -> Inputs:
+        """The training inputs (in-memory tensor data only)."""
+        return self._tensors("train").x
+
+    @x_train.setter
+    def x_train(self, x: Inputs) -> None:
+        self.train_source = TensorSource(x, self._tensors("train").y, name="train_data")
+
+    @property
+    def y_train(self) -> Tensor:
+        return self._tensors("train").y
+
+    @property
+    def x_val(self) -> Inputs:
+        """The validation inputs (in-memory tensor data only)."""
+        return self._tensors("val").x
+
+    @x_val.setter
+    def x_val(self, x: Inputs) -> None:
+        self.val_source = TensorSource(x, self._tensors("val").y, name="val_data")
+
+    @property
+    def y_val(self) -> Tensor:
+        return self._tensors("val").y
+
+    def _source(self, split: str) -> Source:
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        return self.val_source if split == "val" else self.train_source
+
+    def schedule(self, num_steps: int, seed: int, *, batch_size: int | None = None) -> Batches:
+        """The ``num_steps`` training minibatches of one inner run, as ``(x, y)`` batches.
+
+        Lazy and re-iterable (every pass yields the same batches) and sliceable
+        (``batches[:k]``, ``batches[k:]``). In-memory data: consecutive shuffled epochs
+        drawn from ``seed`` (:class:`BatchSchedule`: the tuner's historical order).
+        A loader: its own batches, its generator re-seeded with ``seed``
+        (:class:`~hypergrad.data.source.LoaderSource`). Not sharded: :meth:`train` takes
+        this rank's share under ``parallel``.
+        """
+        return self.train_source.schedule(batch_size or self.batch_size, num_steps, seed)
+
+    def sample_batches(self, m: int, seed: int, *, batch_size: int | None = None) -> list[Batch]:
+        """``m`` training minibatches drawn independently of any schedule (the RBP hyper-batches).
+
+        In-memory data: one generator seeded with ``seed``, each batch the first
+        ``batch_size`` of a fresh permutation. A loader: the first ``m`` batches of a pass
+        seeded with ``seed``.
+        """
+        return self.train_source.sample(m, batch_size or self.batch_size, seed)
+
+    def full_batch(self, split: str = "train") -> Batch:
+        """A whole split as one ``(x, y)`` batch (a loader's batches are concatenated)."""
+        return self._source(split).full()
+
+    def _training_batches(self, batches: Iterable[Any]) -> Iterable[Batch]:
+        """``batches`` as ``(x, y)`` batches, cut to this rank's share under ``parallel``.
+
+        Accepts :meth:`schedule`'s sequences and, for in-memory data, the original form:
+        rows of training indices (a :class:`BatchSchedule`, a ``(T, B)`` tensor, a list of rows).
+        """
+        par = self.parallel
+        shard = None if par is None else (par.rank, par.world_size)
+        if isinstance(batches, Batches):
+            return batches if shard is None else batches.sharded(*shard)
+        if isinstance(batches, (Tensor, BatchSchedule)):
+            source = self.train_source
+            if not isinstance(source, (TensorSource, DatasetSource)):
+                raise TypeError("rows of indices need indexed training data; pass problem.schedule(...) instead")
+            return IndexBatches(source, batches, shard)
+        return self._mixed_batches(batches, shard)
+
+    def _mixed_batches(self, batches: Iterable[Any], shard: tuple[int, int] | None) -> Iterator[Batch]:
+        for item in batches:
+            if isinstance(item, Tensor):  # a row of indices
+                yield next(iter(self._training_batches(item.unsqueeze(0))))
+            else:
+                batch = as_batch(item, "batches")
+                yield batch if shard is None else shard_batch(batch, *shard)
 
     # ------------------------------------------------------------------ the model
     @property
@@ -202,13 +290,13 @@ class InnerProblem:
                 p.copy_(w)
         return model
 
-    def forward(self, weights: Sequence[Tensor], x: Tensor) -> Tensor:
-        """The model's output with ``weights`` substituted for its parameters."""
+    def forward(self, weights: Sequence[Tensor], x: Inputs) -> Tensor:
+        """The model's output with ``weights`` substituted for its parameters (``model(*x)`` for a tuple)."""
         params = dict(zip(self.spec.param_names, weights))
         params.update(self.buffers)
-        return functional_call(self._module(), params, (x,))
+        return functional_call(self._module(), params, x if isinstance(x, tuple) else (x,))
 
-    def loss(self, weights: Sequence[Tensor], x: Tensor, y: Tensor) -> Tensor:
+    def loss(self, weights: Sequence[Tensor], x: Inputs, y: Tensor) -> Tensor:
         return self.loss_fn(self.forward(weights, x), y)
 
     def initial_state(self) -> Tree:
@@ -216,7 +304,7 @@ class InnerProblem:
         return tuple(w.clone() for w in self.w0) + tuple(torch.zeros_like(w) for w in self.w0)
 
     # ------------------------------------------------------------------ the map F
-    def step(self, state: Tree, hparams: Tree, x: Tensor, y: Tensor) -> Tree:
+    def step(self, state: Tree, hparams: Tree, x: Inputs, y: Tensor) -> Tree:
         r"""One inner step :math:`h' = F(h, (\alpha, \beta); B)`, differentiable in state and hparams.
 
         Under ``torch.no_grad`` it keeps no graph; with grad mode on it builds the
@@ -231,15 +319,13 @@ class InnerProblem:
             grads = torch.autograd.grad(loss, w_in, create_graph=build_graph)
         lrs, moms = self.spec.per_tensor(hparams)
         if build_graph:
-            v_new = tuple(b * vi - (1 - b) * g for b, vi, g in zip(moms, v, grads))
-            w_new = tuple(wi + a * vn for wi, a, vn in zip(w, lrs, v_new))
-        else:
-            v_new = torch._foreach_mul(v, moms)
-            torch._foreach_add_(v_new, torch._foreach_mul(grads, [-(1 - b) for b in moms]))
-            w_new = torch._foreach_add(w, torch._foreach_mul(v_new, lrs))
+            w_new, v_new = sgd_momentum_step(w, v, grads, lrs, moms)
+            return w_new + v_new
+        w_new, v_new = [t.clone() for t in w], [t.clone() for t in v]
+        sgd_momentum_step_(w_new, v_new, grads, lrs, moms)
         return tuple(w_new) + tuple(v_new)
 
-    def step_batched(self, state: Tree, hparams: Tree, x: Tensor, y: Tensor) -> Tree:
+    def step_batched(self, state: Tree, hparams: Tree, x: Inputs, y: Tensor) -> Tree:
         r""":meth:`step` for ``M`` minibatches at once: every tensor carries a leading ``M`` axis.
 
         ``state`` holds ``M`` copies of :math:`h` (shape ``(M, *shape)``), ``hparams`` ``M``
@@ -256,10 +342,10 @@ class InnerProblem:
         names = self.spec.param_names
         module = self._module()
 
-        def one_loss(weights: tuple[Tensor, ...], xb: Tensor, yb: Tensor) -> Tensor:
+        def one_loss(weights: tuple[Tensor, ...], xb: Inputs, yb: Tensor) -> Tensor:
             params = dict(zip(names, weights))
             params.update(self.buffers)
-            return self.loss_fn(functional_call(module, params, (xb,)), yb)
+            return self.loss_fn(functional_call(module, params, xb if isinstance(xb, tuple) else (xb,)), yb)
 
         with torch.enable_grad():
             w_in = tuple(t if (build_graph and t.requires_grad) else t.detach().requires_grad_(True) for t in w)
@@ -270,26 +356,30 @@ class InnerProblem:
         def expand(h: Tensor, like: Tensor) -> Tensor:  # (M,) or (M, *shape) -> broadcastable to (M, *shape)
             return h.reshape(h.shape + (1,) * (like.dim() - h.dim()))
 
-        v_new = tuple(expand(b, vi) * vi - (1 - expand(b, vi)) * g for b, vi, g in zip(moms, v, grads))
-        w_new = tuple(wi + expand(a, wi) * vn for wi, a, vn in zip(w, lrs, v_new))
-        return tuple(w_new) + tuple(v_new)
+        w_new, v_new = sgd_momentum_step(
+            w, v, grads, [expand(a, wi) for a, wi in zip(lrs, w)], [expand(b, vi) for b, vi in zip(moms, v)]
+        )
+        return w_new + v_new
 
     def train(
         self,
         hparams: Tree,
-        batches: Sequence[Tensor] | Tensor,
+        batches: Iterable[Any],
         *,
         state: Tree | None = None,
         on_step: Callable[[int, Tree], None] | None = None,
     ) -> Tree:
-        """Run the inner loop over ``batches`` (rows of indices) without a graph.
+        """Run the inner loop over ``batches`` without a graph; returns :math:`h_T`.
 
-        The hot path, as lean as ``torch.optim``: a private deep copy of the model is
-        trained in place (its parameters bound once, no ``functional_call`` per step),
-        with foreach updates and the learning rates and momenta fixed for the run. The
-        copy makes concurrent calls safe (Optuna's ``n_jobs`` threads) and starts every
-        run from the model's initial buffers. Under ``parallel``, each rank computes the
-        gradient on its shard of every row and the gradients are averaged over ranks.
+        ``batches``: :meth:`schedule`'s sequence (or any iterable of ``(x, y)`` batches), or,
+        for in-memory data, rows of training indices (a :class:`BatchSchedule` or a
+        ``(T, B)`` tensor). The hot path, as lean as ``torch.optim``: a private deep copy
+        of the model is trained in place (its parameters bound once, no ``functional_call``
+        per step), with :func:`sgd_momentum_step_` and the learning rates and momenta fixed
+        for the run. The copy makes concurrent calls safe (Optuna's ``n_jobs`` threads) and
+        starts every run from the model's initial buffers. Under ``parallel``, each rank
+        computes the gradient on its shard of every batch and the gradients are averaged
+        over ranks.
         """
         par = self.parallel
         n = self.num_tensors
@@ -302,38 +392,33 @@ class InnerProblem:
             if lrs[0].dim() == 0:
                 lrs_s: list = [float(a) for a in lrs]
                 moms_s: list = [float(b) for b in moms]
-                neg_damp: list = [-(1.0 - b) for b in moms_s]
             else:
-                lrs_s, moms_s, neg_damp = lrs, moms, [-(1.0 - b) for b in moms]
-            for t, idx in enumerate(batches):
-                if par is not None:
-                    idx = par.shard(idx)
-                x = self.x_train.index_select(0, idx)
-                y = self.y_train.index_select(0, idx)
+                lrs_s, moms_s = lrs, moms
+            damping = [-(1.0 - b) for b in moms_s]
+            for t, (x, y) in enumerate(self._training_batches(batches)):
                 with torch.enable_grad():
-                    grads = torch.autograd.grad(self.loss_fn(model(x), y), w)
+                    grads = torch.autograd.grad(self.loss_fn(_call(model, x), y), w)
                 if par is not None:
                     par.all_reduce_mean_(grads)
-                torch._foreach_mul_(v, moms_s)
-                torch._foreach_add_(v, torch._foreach_mul(grads, neg_damp))
-                torch._foreach_add_(w, torch._foreach_mul(v, lrs_s))
+                sgd_momentum_step_(w, v, grads, lrs_s, moms_s, damping=damping)
                 if on_step is not None:
                     on_step(t, tuple(w) + tuple(v))
             return tuple(wi.detach().clone() for wi in w) + tuple(v)
 
     # ------------------------------------------------------------------ losses
-    def _split(self, split: str) -> tuple[Tensor, Tensor]:
-        return (self.x_val, self.y_val) if split == "val" else (self.x_train, self.y_train)
-
     def eval_loss(self, weights: Sequence[Tensor], split: str = "val", chunk: int = 1024) -> Tensor:
-        """Mean loss over a whole split (``"val"`` or ``"train"``), differentiable in ``weights``."""
-        x, y = self._split(split)
-        total = None
-        for i in range(0, len(x), chunk):
-            part = self.loss(weights, x[i : i + chunk], y[i : i + chunk]) * len(x[i : i + chunk])
-            total = part if total is None else total + part
-        assert total is not None  # non-empty sets are validated in __post_init__
-        return total / len(x)
+        """Mean loss over a whole split (``"val"`` or ``"train"``), differentiable in ``weights``.
+
+        In-memory data are read in chunks of ``chunk`` examples; a loader batch by batch.
+        """
+        total, count = None, 0
+        for x, y in self._source(split).chunks(chunk):
+            k = batch_len((x, y))
+            part = self.loss(weights, x, y) * k
+            total, count = (part if total is None else total + part), count + k
+        if total is None:
+            raise ValueError(f"the {split} data yielded no examples")
+        return total / count
 
     def eval_loss_and_grad(
         self, weights: Sequence[Tensor], split: str = "val", chunk: int = 1024
@@ -344,21 +429,24 @@ class InnerProblem:
         of the sums), but only one chunk's graph is ever alive, so the memory does not grow
         with the size of the split (the RBP methods' meta-loss gradient).
         """
-        x, y = self._split(split)
-        n = len(x)
         leaves = tuple(w.detach().requires_grad_(True) for w in weights)
         total = torch.zeros((), dtype=leaves[0].dtype if leaves else torch.float32)
         grads = [torch.zeros_like(w) for w in leaves]
+        count = 0
         with torch.enable_grad():
-            for i in range(0, n, chunk):  # the value is summed exactly as eval_loss sums it
-                part = self.loss(leaves, x[i : i + chunk], y[i : i + chunk]) * len(x[i : i + chunk])
+            for x, y in self._source(split).chunks(chunk):  # the value is summed exactly as eval_loss sums it
+                k = batch_len((x, y))
+                part = self.loss(leaves, x, y) * k
                 for acc, g in zip(grads, torch.autograd.grad(part, leaves, allow_unused=True)):
                     if g is not None:
                         acc.add_(g)
                 total = total + part.detach()
-        return total / n, tuple(g.div_(n) for g in grads)
+                count += k
+        if count == 0:
+            raise ValueError(f"the {split} data yielded no examples")
+        return total / count, tuple(g.div_(count) for g in grads)
 
-    def accuracy(self, weights: Sequence[Tensor], x: Tensor, y: Tensor) -> float:
+    def accuracy(self, weights: Sequence[Tensor], x: Inputs, y: Tensor) -> float:
         with torch.no_grad():
             pred = self.forward(weights, x).argmax(dim=-1)
         return float((pred == y).float().mean())

@@ -209,7 +209,7 @@ def tune(
         >>> sorted(result.hyperparameters)[:1]
         ['0.bias']
     """
-    cfg = tune_config(config)
+    cfg = tune_config(config)  # TypeError naming unknown keywords; ConfigError (a ValueError) for bad values
     problem = InnerProblem(
         model, loss_fn, train_data[0], train_data[1], val_data[0], val_data[1],
         batch_size=cfg.batch_size, per=cfg.per,

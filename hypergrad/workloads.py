@@ -9,11 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hypergrad.config import RunConfig
+from hypergrad.config import RunConfig, TuneConfig
 from hypergrad.data import Split, default_data_root, load_digits_split, load_mnist_split
 from hypergrad.distributed import DataParallel
 from hypergrad.inner import InnerProblem
-from hypergrad.tuner import TuneConfig
 
 __all__ = ["build_problem", "load_split", "mlp"]
 

@@ -13,13 +13,12 @@ import torch
 
 from hypergrad import TuneConfig, Tuner
 from hypergrad.baselines import to_hparams
+from hypergrad.cli import add_compare_arguments, cmd_compare
 from hypergrad.compare import (
     OptunaSettings,
     Trace,
-    add_compare_arguments,
     best_at,
     best_at_seconds,
-    cmd_compare,
     compare,
     markdown_table,
     parse_methods,

@@ -40,11 +40,11 @@ WORKER = textwrap.dedent(
     """
     import json, os, pathlib, sys, time
     sys.path.insert(0, sys.argv[1])
-    import hypergrad.compare as compare
+    import hypergrad.compare.runners as runners
     from hypergrad.cli import main
 
     sync, record, n_workers, argv = pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3]), int(sys.argv[4]), sys.argv[5:]
-    real_run_study = compare.run_study
+    real_run_study = runners.run_study
 
     def run_study(study, objective, **kw):
         (sync / f"ready-{os.getpid()}").touch()
@@ -55,7 +55,7 @@ WORKER = textwrap.dedent(
         record.write_text(json.dumps([t.number for t in mine]))
         return mine
 
-    compare.run_study = run_study
+    runners.run_study = run_study
     sys.exit(main(argv))
     """
 )
@@ -173,7 +173,7 @@ def test_two_compare_workers_share_one_postgres_study_and_lose_no_trial(two_work
 
 @pytest.mark.timeout(420)
 def test_a_later_run_resumes_the_finished_study_without_new_trials(two_workers, postgres_url, capsys):
-    from hypergrad.compare import add_compare_arguments, cmd_compare
+    from hypergrad.cli import add_compare_arguments, cmd_compare
 
     before = _db_trials(postgres_url, f"{STUDY}.tpe.seed0")
     parser = argparse.ArgumentParser()

@@ -1,0 +1,43 @@
+"""The ``--methods`` list of ``hypergrad compare``: gradient methods, Optuna samplers and hybrids."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from hypergrad.baselines import SAMPLERS
+from hypergrad.config import method_names
+
+__all__ = ["DEFAULT_METHODS", "HYBRID_PREFIX", "method_kind", "parse_methods"]
+
+DEFAULT_METHODS = "neumann,tbptt,bptt,tpe,random,cmaes,tpe+neumann"
+HYBRID_PREFIX = "tpe+"
+
+
+def parse_methods(text: str) -> list[str]:
+    """Split ``--methods`` and validate each: a gradient method, a sampler, or ``tpe+<gradient method>``."""
+    gradient = method_names()
+    methods = [m.strip().lower() for m in text.split(",") if m.strip()]
+    if not methods:
+        raise ValueError("--methods is empty")
+    for m in methods:
+        if m in gradient or m in SAMPLERS:
+            continue
+        if m.startswith(HYBRID_PREFIX) and m[len(HYBRID_PREFIX):] in gradient:
+            continue
+        raise ValueError(
+            f"unknown method {m!r} in --methods; expected gradient methods ({', '.join(gradient)}), "
+            f"samplers ({', '.join(SAMPLERS)}) or a hybrid tpe+<gradient method>"
+        )
+    dupes = sorted({m for m in methods if methods.count(m) > 1})
+    if dupes:
+        raise ValueError(f"method(s) listed twice in --methods: {', '.join(dupes)}")
+    return methods
+
+
+def method_kind(method: str) -> Literal["gradient", "optuna", "hybrid"]:
+    """``"gradient"`` (a hypergradient method), ``"optuna"`` (a sampler) or ``"hybrid"`` (``tpe+<method>``)."""
+    if method in method_names():
+        return "gradient"
+    if method in SAMPLERS:
+        return "optuna"
+    return "hybrid"
