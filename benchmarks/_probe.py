@@ -42,8 +42,8 @@ def sgd_train(problem: Any, batches: torch.Tensor, lr: float = math.exp(-1), mom
         for p, w in zip(model.parameters(), problem.w0):
             p.copy_(w)
     opt = torch.optim.SGD(model.parameters(), lr=lr * (1 - mom), momentum=mom)
-    for idx in batches:
-        loss = F.cross_entropy(model(problem.x_train[idx]), problem.y_train[idx])
+    for x, y in batches:  # (x, y) minibatches, e.g. MetaObjective.batches(salt)
+        loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hypergrad._imports import optional_import
 from hypergrad._tree import Tree
 from hypergrad.hyperparams import HyperSpec
 from hypergrad.objective import MetaObjective
@@ -53,6 +54,12 @@ __all__ = [
 
 SAMPLERS = ("tpe", "random", "cmaes")
 PRUNERS = ("none", "median")
+
+
+def _optuna() -> Any:
+    """Optuna, imported on first use (``import hypergrad`` does not load it), or an install hint."""
+    return optional_import("optuna", "optuna", purpose="the black-box baselines")
+
 
 # Momenta are mapped to logits after clamping into [eps, 1 - eps]: a suggested 0.0
 # becomes sigmoid(logit(1e-6)) = 1e-6, indistinguishable from 0 in the inner loop.
@@ -199,7 +206,7 @@ class OptunaObjective:
         return to_hparams(self.objective.spec, params, self.dtype)
 
     def __call__(self, trial: Any) -> float:
-        import optuna
+        optuna = _optuna()
 
         params = self.space.suggest(trial, self.objective.spec)
         hparams = self.hparams(params)
@@ -236,7 +243,7 @@ def trial_cost(trial: Any) -> float:
 # ---------------------------------------------------------------------- study plumbing
 def make_sampler(name: str, seed: int | None = None) -> Any:
     """``tpe`` (default settings), ``random`` or ``cmaes`` (Optuna's CmaEsSampler), seeded."""
-    import optuna
+    optuna = _optuna()
 
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
@@ -251,7 +258,7 @@ def make_sampler(name: str, seed: int | None = None) -> Any:
 
 def make_pruner(name: str, *, n_startup_trials: int = 5, n_warmup_steps: int = 0) -> Any:
     """``none`` (the default: every trial runs all ``T`` steps) or ``median``."""
-    import optuna
+    optuna = _optuna()
 
     if name == "none":
         return optuna.pruners.NopPruner()
@@ -270,7 +277,7 @@ def make_storage(url: str | None) -> Any:
     * any URL ``dialect://...``: an RDB storage, e.g. ``sqlite:///study.db`` or
       ``postgresql://user@host/db`` (the database driver must be installed).
     """
-    import optuna
+    optuna = _optuna()
     from optuna.storages.journal import JournalFileBackend
 
     if url is None or url == "":
@@ -307,7 +314,7 @@ def create_or_load_study(
     ``problem_key`` (JSON-able) is stored as the study's user attribute ``"problem"``;
     loading a study made for another problem raises :class:`ValueError`.
     """
-    import optuna
+    optuna = _optuna()
 
     for attempt in range(3):
         try:
@@ -355,7 +362,7 @@ def run_study(
     budget; concurrent workers can overshoot it by at most ``n_workers - 1`` trials.
     Returns the trials this call finished.
     """
-    import optuna
+    optuna = _optuna()
 
     if not (isinstance(budget, (int, float)) and budget > 0):
         raise ValueError(f"budget must be positive, got {budget!r}")

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from hypergrad._imports import optional_import
 from hypergrad.config import TuneConfig
 from hypergrad.records import MetaStepRecord, TuneResult
 
@@ -68,10 +69,10 @@ class TensorBoardLogger(Callback):
     """
 
     def __init__(self, logdir: str | Path, *, global_step_offset: int = 0) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+        tensorboard = optional_import("torch.utils.tensorboard", "tensorboard", purpose="TensorBoardLogger")
 
         self.logdir = Path(logdir)
-        self.writer = SummaryWriter(log_dir=str(self.logdir), purge_step=global_step_offset or None)
+        self.writer = tensorboard.SummaryWriter(log_dir=str(self.logdir), purge_step=global_step_offset or None)
 
     def on_start(self, tuner: TuningRun) -> None:
         self.writer.add_text("config", str(tuner.config.to_dict()), tuner.step_count)

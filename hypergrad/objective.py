@@ -7,23 +7,26 @@ everything that decides it, shared by every strategy of :mod:`hypergrad.strategi
 :class:`~hypergrad.tuner.Tuner` and by the Optuna objective of :mod:`hypergrad.baselines`:
 
 * **the batches**: meta step (or trial) ``k`` trains on :meth:`MetaObjective.batches` ``(k)``,
-  drawn from a generator seeded by ``(seed, k)``, so every method, trial and rank trains
-  on the same minibatches and a run is reproducible and resumable; salt ``-1`` is the
-  evaluation run;
+  the problem's schedule (:meth:`InnerProblem.schedule`) seeded by ``(seed, k)``, so every
+  method, trial and rank trains on the same minibatches and a run is reproducible and
+  resumable; salt ``-1`` is the evaluation run;
 * **the hyper-batches** on which the RBP step map is linearised (:meth:`MetaObjective.hyper_batches`);
 * **the meta loss** (:meth:`MetaObjective.meta_loss`) and the black-box value of a set of
   hyperparameters (:meth:`MetaObjective.value`: one inner training, then its meta loss);
 * **the hypergradient** (:meth:`MetaObjective.hypergradient`):
 
-  * ``"bptt"`` / ``"tbptt"``: :func:`hypergrad.unrolled_grad` through all / the last
-    ``truncate`` inner steps;
-  * ``"rbp"`` / ``"cg"`` / ``"neumann"`` / ``"gmres"``: the ``T`` inner steps keep no graph;
-    at :math:`h_T` :func:`hypergrad.fixed_point_grad` (Eq. 8-9) on the step map is solved for
-    each of ``hyper_batches`` minibatches and the results averaged ("average the meta
-    gradient ... across multiple minibatches"), as one stacked block-diagonal system
-    under ``batch_hyper``, and summed over ranks under ``torch.distributed``.
+  * the unrolled family (``"bptt"`` / ``"tbptt"``): :func:`hypergrad.methods.gradient`,
+    back-propagation through all / the last ``truncate`` inner steps;
+  * the implicit family (``"rbp"`` / ``"cg"`` / ``"neumann"`` / ``"gmres"``): the ``T`` inner
+    steps keep no graph; at :math:`h_T` :func:`hypergrad.methods.implicit_gradient` (Eq. 8-9)
+    on the step map is solved for each of ``hyper_batches`` minibatches and the results
+    averaged ("average the meta gradient ... across multiple minibatches"), as one stacked
+    block-diagonal system under ``batch_hyper``, and summed over ranks under
+    ``torch.distributed``.
 
-This module is the only place where the tuner indexes the training data.
+The methods' names and families come from :data:`hypergrad.methods.METHODS`; the data only
+through the problem's data API (``schedule``, ``sample_batches``, ``full_batch``), so any
+data source the problem accepts (tensors, a ``Dataset``, a ``DataLoader``) serves.
 """
 
 from __future__ import annotations
@@ -39,39 +42,18 @@ from torch import Tensor
 
 from hypergrad._tree import Tree, tree_isfinite, tree_norm
 from hypergrad.config import TuneConfig
+from hypergrad.data.source import Batch, Batches
 from hypergrad.hyperparams import HyperSpec
-from hypergrad.implicit import fixed_point_grad
-from hypergrad.inner import BatchSchedule, InnerProblem
+from hypergrad.inner import InnerProblem
 from hypergrad.linalg import SolveInfo
+from hypergrad.methods import get_method, gradient, implicit_gradient, method_names
 from hypergrad.records import HypergradResult, SolverStats
-from hypergrad.unroll import unrolled_grad
 
-__all__ = [
-    "IMPLICIT_METHODS",
-    "STACKABLE_METHODS",
-    "TUNE_METHODS",
-    "UNROLLED_METHODS",
-    "MetaObjective",
-    "method_family",
-]
-
-UNROLLED_METHODS = ("bptt", "tbptt")
-IMPLICIT_METHODS = ("rbp", "cg", "neumann", "gmres")
-STACKABLE_METHODS = ("rbp", "cg", "neumann")  # solved as one block-diagonal system under batch_hyper
-TUNE_METHODS = UNROLLED_METHODS + IMPLICIT_METHODS
+__all__ = ["MetaObjective"]
 
 # Generator salt of the hyper-batches of meta step k: seed(k * 7919 + 17).
 _HYPER_SALT_MUL, _HYPER_SALT_ADD = 7919, 17
 _SEED_MUL = 1_000_003
-
-
-def method_family(method: str) -> str:
-    """``"unrolled"`` or ``"implicit"``: the one place that reads the method names' families."""
-    if method in UNROLLED_METHODS:
-        return "unrolled"
-    if method in IMPLICIT_METHODS:
-        return "implicit"
-    raise ValueError(f"method={method!r} is not allowed; expected one of {', '.join(TUNE_METHODS)}")
 
 
 class MetaObjective:
@@ -115,21 +97,18 @@ class MetaObjective:
         """The generator seed of salt ``salt`` (meta step, trial, or ``-1`` for the evaluation run)."""
         return self.config.seed * _SEED_MUL + salt
 
-    def batches(self, salt: int) -> BatchSchedule:
-        """The ``T`` minibatches (rows of ``B`` indices) of meta step ``salt`` (``-1``: the evaluation run).
+    def batches(self, salt: int) -> Batches:
+        """The ``T`` minibatches ``(x, y)`` of meta step ``salt`` (``-1``: the evaluation run).
 
         Seeded by ``(seed, salt)``: every method, trial and rank trains on the same batches.
-        Drawn lazily, one epoch at a time (:class:`~hypergrad.inner.BatchSchedule`), so the
-        index memory does not grow with ``T``.
+        Lazy and re-iterable (:meth:`InnerProblem.schedule`; for in-memory data the consecutive
+        shuffled epochs of :class:`~hypergrad.data.BatchSchedule`, drawn one epoch at a time,
+        so the index memory does not grow with ``T``).
         """
-        return BatchSchedule(len(self.problem.x_train), self.config.batch_size, self.config.inner_steps,
-                             self.seed(salt))
+        cfg = self.config
+        return self.problem.schedule(cfg.inner_steps, self.seed(salt), batch_size=cfg.batch_size)
 
-    def minibatch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
-        """The training examples of one row of indices."""
-        return self.problem.x_train[idx], self.problem.y_train[idx]
-
-    def hyper_batches(self, salt: int) -> list[tuple[Tensor, Tensor]]:
+    def hyper_batches(self, salt: int) -> list[Batch]:
         """The ``M`` minibatches on which the RBP step map is linearised at meta step ``salt``.
 
         Drawn independently of the inner run's batches (``fixed_point_batch="full"``:
@@ -137,11 +116,9 @@ class MetaObjective:
         """
         problem, cfg = self.problem, self.config
         if cfg.fixed_point_batch == "full":
-            return [(problem.x_train, problem.y_train)]
-        gen = torch.Generator().manual_seed(self.seed(salt * _HYPER_SALT_MUL + _HYPER_SALT_ADD))
-        n_train = len(problem.x_train)
-        return [self.minibatch(torch.randperm(n_train, generator=gen)[: cfg.batch_size])
-                for _ in range(cfg.hyper_batches)]
+            return [problem.full_batch("train")]
+        return problem.sample_batches(cfg.hyper_batches, self.seed(salt * _HYPER_SALT_MUL + _HYPER_SALT_ADD),
+                                      batch_size=cfg.batch_size)
 
     # ------------------------------------------------------------------ values
     def initial_hparams(self) -> tuple[Tensor, ...]:
@@ -180,12 +157,12 @@ class MetaObjective:
             if self.x_test is not None and self.y_test is not None:
                 out["test_loss"] = float(problem.loss_fn(problem.forward(w, self.x_test), self.y_test))
                 out["test_accuracy"] = problem.accuracy(w, self.x_test, self.y_test)
-            out["val_accuracy"] = problem.accuracy(w, problem.x_val, problem.y_val)
+            out["val_accuracy"] = problem.accuracy(w, *problem.full_batch("val"))
         return out
 
     # ------------------------------------------------------------------ hypergradients
     def hypergradient(
-        self, hparams: Tree, salt: int, *, method: str | None = None, batches: Sequence[Tensor] | None = None
+        self, hparams: Tree, salt: int, *, method: str | None = None, batches: Sequence[Batch] | None = None
     ) -> HypergradResult:
         """One inner run from :math:`w_0` and its hypergradient.
 
@@ -199,7 +176,7 @@ class MetaObjective:
         method = method or self.config.method
         batches = self.batches(salt) if batches is None else batches
         hp = tuple(h.detach() for h in hparams)
-        if method_family(method) == "unrolled":
+        if get_method(method).family == "unrolled":
             return self._unrolled(hp, batches, method)
         start = time.perf_counter()
         h_t = self.problem.train(hp, batches)
@@ -207,27 +184,29 @@ class MetaObjective:
         return dataclasses.replace(self.fixed_point_hypergradient(h_t, hp, salt, method=method),
                                    inner_seconds=inner_seconds)
 
-    def _unrolled(self, hp: Tree, batches: Sequence[Tensor], method: str) -> HypergradResult:
-        """BPTT / TBPTT: back-propagation through the last ``K`` inner steps (Eq. 3)."""
+    def _unrolled(self, hp: Tree, batches: Sequence[Batch], method: str) -> HypergradResult:
+        """BPTT / TBPTT by :func:`hypergrad.methods.gradient`: back-propagation through the last ``K`` steps."""
         problem, cfg = self.problem, self.config
         n = problem.num_tensors
         start = time.perf_counter()
         timing: dict[str, float] = {}
         k = cfg.inner_steps if method == "bptt" else cfg.truncate
-        prefix = cfg.inner_steps - k
-        h_start = problem.train(hp, batches[:prefix]) if prefix > 0 else problem.initial_state()
-        rows = iter(batches[prefix:])
+        tail = iter(batches[cfg.inner_steps - k :])  # the steps differentiated through
 
         def step(state: Tree, p: Tree) -> Tree:
-            return problem.step(state, p, *self.minibatch(next(rows)))
+            return problem.step(state, p, *next(tail))
 
-        def loss_fn(state: Tree) -> tuple[Tensor, tuple[Tensor, Tree]]:
+        def run(state: Tree, p: Tree, num_steps: int) -> Tree:  # the steps before them, without a graph
+            return problem.train(p, batches[:num_steps], state=state)
+
+        def loss_fn(state: Tree) -> Tensor:
             timing["inner"] = time.perf_counter() - start  # the T steps, before the backward
-            loss = self.meta_loss(state[:n])
-            return loss, (loss.detach(), tuple(s.detach() for s in state))
+            return self.meta_loss(state[:n])
 
-        grad, (meta_loss, h_t) = unrolled_grad(step, h_start, hp, k, loss_fn, truncate=None, has_aux=True)
-        return HypergradResult(grad=tuple(grad), state=h_t, meta_loss=meta_loss, inner_seconds=timing.get("inner"))
+        out = gradient(step, problem.initial_state(), hp, loss_fn, method=method, num_steps=cfg.inner_steps,
+                       truncate=cfg.truncate, run=run)
+        return HypergradResult(grad=tuple(out.grads), state=out.state, meta_loss=out.loss,
+                               inner_seconds=timing.get("inner"))
 
     def fixed_point_hypergradient(
         self, state: Tree, hparams: Tree, salt: int, *, method: str | None = None
@@ -235,14 +214,16 @@ class MetaObjective:
         """The RBP hypergradient at an inner state :math:`h_T`, averaged over the hyper-batches of ``salt``.
 
         The gradient of the meta loss in :math:`w_T` (chunk by chunk: no graph over the whole
-        split), then :func:`hypergrad.fixed_point_grad` on the step map of each hyper-batch (Eq. 8-9).
+        split), then :func:`hypergrad.methods.implicit_gradient` on the step map of each
+        hyper-batch (Eq. 8-9).
         A non-finite :math:`h_T` or meta loss returns zeros with a ``nan`` meta loss and
         ``solver.skipped`` set: there is no fixed point to differentiate.
         """
         method = method or self.config.method
-        if method_family(method) != "implicit":
+        spec = get_method(method)
+        if spec.family != "implicit":
             raise ValueError(f"method={method!r} has no fixed-point hypergradient; expected one of "
-                             f"{', '.join(IMPLICIT_METHODS)}")
+                             f"{', '.join(method_names('implicit'))}")
         problem, cfg = self.problem, self.config
         n = problem.num_tensors
         h_t = tuple(state)
@@ -260,7 +241,7 @@ class MetaObjective:
         mine = hyper_sets[par.rank :: par.world_size] if par is not None else hyper_sets
         grads: list[Tree] = []
         infos: list[SolveInfo] = []
-        if cfg.batch_hyper and par is None and len(mine) > 1 and method in STACKABLE_METHODS:
+        if cfg.batch_hyper and par is None and len(mine) > 1 and spec.stackable:
             grads, info = self._stacked(h_t, hp, state_grad, mine, method)
             infos.append(info)
             mine = []
@@ -278,16 +259,13 @@ class MetaObjective:
 
     def _solve(self, step: Any, h_t: Tree, hp: Tree, state_grad: Tree, method: str, blocks: bool = False
                ) -> tuple[Tree, SolveInfo]:
-        """The one call of the fixed-point solver (Neumann's ``stop_on_growth`` from the config)."""
+        """The one call of the fixed-point solver: ``K = truncate`` iterations, Neumann's ``stop_on_growth``."""
         cfg = self.config
-        kwargs: dict[str, Any] = {"blocks": True} if blocks else {}
-        return fixed_point_grad(
-            step, h_t, hp, state_grad, method=method, max_iter=cfg.truncate,
-            stop_on_growth=cfg.stop_on_growth and method == "neumann", **kwargs,
-        )
+        return implicit_gradient(step, h_t, hp, state_grad, method=method, truncate=cfg.truncate,
+                                 stop_on_growth=cfg.stop_on_growth, blocks=blocks)
 
     def _stacked(
-        self, h_t: Tree, hp: Tree, state_grad: Tree, batches: list[tuple[Tensor, Tensor]], method: str
+        self, h_t: Tree, hp: Tree, state_grad: Tree, batches: list[Batch], method: str
     ) -> tuple[list[Tree], SolveInfo]:
         """Per-minibatch hypergradients from ONE solve of the stacked (block-diagonal) system."""
         problem = self.problem

@@ -45,7 +45,8 @@ from hypergrad.divergence import (
     fallback_method,
     fallback_sound,
 )
-from hypergrad.objective import IMPLICIT_METHODS, MetaObjective, method_family
+from hypergrad.methods import get_method, method_names
+from hypergrad.objective import MetaObjective
 from hypergrad.records import MetaStepRecord, TuneResult, finite_or_none
 
 __all__ = [
@@ -271,10 +272,10 @@ class GradientStrategy(Strategy):
     name = "gradient"
 
     def init(self, objective: MetaObjective, config: TuneConfig) -> GradientState:
-        if objective.problem.parallel is not None and method_family(config.method) == "unrolled":
+        if objective.problem.parallel is not None and get_method(config.method).family == "unrolled":
             raise ValueError(
                 f"method {config.method!r} is not supported with torch.distributed (it would need differentiable "
-                f"collectives through all inner steps); use one of {', '.join(IMPLICIT_METHODS)}"
+                f"collectives through all inner steps); use one of {', '.join(method_names('implicit'))}"
             )
         base = super().init(objective, config)
         optimizer = torch.optim.Adam(base.hparams, lr=config.meta_lr)

@@ -30,7 +30,8 @@ from hypergrad.config import DIVERGENCE_POLICIES, TuneConfig, tune_config
 from hypergrad.divergence import DivergenceError
 from hypergrad.hyperparams import HyperSpec
 from hypergrad.inner import InnerProblem
-from hypergrad.objective import TUNE_METHODS, MetaObjective
+from hypergrad.methods import method_names
+from hypergrad.objective import MetaObjective
 from hypergrad.records import MetaStepRecord, TuneResult
 from hypergrad.strategies import SearchState, Strategy, get_strategy
 
@@ -44,6 +45,9 @@ __all__ = [
     "Tuner",
     "tune",
 ]
+
+#: The hypergradient methods' names (:func:`hypergrad.methods.method_names`), kept for callers of the tuner.
+TUNE_METHODS = method_names()
 
 
 class Tuner:

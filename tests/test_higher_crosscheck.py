@@ -39,8 +39,8 @@ def test_bptt_hypergradient_matches_higher(per):
     lrs, moms = spec.per_tensor(hp)
     override = {"lr": [a * (1 - b) for a, b in zip(lrs, moms)], "momentum": list(moms)}
     with higher.innerloop_ctx(model, opt, override=override, copy_initial_weights=True) as (fmodel, diffopt):
-        for idx in batches:
-            loss = problem.loss_fn(fmodel(problem.x_train[idx]), problem.y_train[idx])
+        for x, y in batches:
+            loss = problem.loss_fn(fmodel(x), y)
             diffopt.step(loss)
         meta = problem.loss_fn(fmodel(problem.x_val), problem.y_val)
         theirs = torch.autograd.grad(meta, hp)

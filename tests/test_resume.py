@@ -71,7 +71,7 @@ import hypergrad.objective as O  # noqa: E402
 import hypergrad.strategies as S  # noqa: E402
 
 progress = {"salt": None, "solves": 0, "completed": None}
-real_hypergradient, real_fpg, real_step = O.MetaObjective.hypergradient, O.fixed_point_grad, S.GradientStrategy.step
+real_hypergradient, real_solve, real_step = O.MetaObjective.hypergradient, O.implicit_gradient, S.GradientStrategy.step
 
 
 def hypergradient(self, hparams, salt, **kwargs):
@@ -79,11 +79,11 @@ def hypergradient(self, hparams, salt, **kwargs):
     return real_hypergradient(self, hparams, salt, **kwargs)
 
 
-def fixed_point_grad(*args, **kwargs):
+def implicit_gradient(*args, **kwargs):
     progress["solves"] += 1
     if where == "solver" and progress["salt"] == at and progress["solves"] == 1:
         pause()
-    return real_fpg(*args, **kwargs)
+    return real_solve(*args, **kwargs)
 
 
 def step(self, objective, config, state):
@@ -107,7 +107,7 @@ def save(obj, f, *args, **kwargs):
     return real_save(obj, f, *args, **kwargs)
 
 
-O.MetaObjective.hypergradient, O.fixed_point_grad, S.GradientStrategy.step = hypergradient, fixed_point_grad, step
+O.MetaObjective.hypergradient, O.implicit_gradient, S.GradientStrategy.step = hypergradient, implicit_gradient, step
 torch.save = save
 
 from hypergrad.cli import main  # noqa: E402
