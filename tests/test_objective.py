@@ -99,3 +99,28 @@ def test_bad_inputs_are_refused():
     obj = objective()
     with pytest.raises(ValueError, match="unknown method 'adam'; expected one of bptt, tbptt"):
         obj.hypergradient(obj.initial_hparams(), 0, method="adam")
+
+
+@pytest.mark.parametrize("method", ["neumann", "tbptt"])
+def test_the_tuner_reads_data_only_through_the_problems_data_api(method):
+    """A Dataset gives the tensors' exact run; a DataLoader (its own batch order) runs too."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from hypergrad import InnerProblem, Tuner
+
+    tensors = tiny_problem()
+    x, y, xv, yv = tensors.x_train, tensors.y_train, tensors.x_val, tensors.y_val
+    cfg = TuneConfig(method=method, inner_steps=8, truncate=3, meta_steps=2, batch_size=16, hyper_batches=2)
+
+    def run(**data):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3)).to(torch.float64)
+        return Tuner(InnerProblem(model, torch.nn.functional.cross_entropy, batch_size=16, **data), cfg).run()
+
+    ref = run(train=(x, y), val=(xv, yv))
+    dataset = run(train=TensorDataset(x, y), val=TensorDataset(xv, yv))
+    assert [r.to_dict()["meta_loss"] for r in dataset.history] == [r.to_dict()["meta_loss"] for r in ref.history]
+    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=torch.Generator())
+    result = run(train=loader, val=(xv, yv))
+    assert len(result.history) == 2 and all(r.val_loss is not None for r in result.history)
+    assert result.evaluation["best"]["val_loss"] <= result.evaluation["initial"]["val_loss"]
