@@ -76,6 +76,10 @@ class Tuner:
         y_test: Tensor | None = None,
         strategy: str | Strategy = "gradient",
     ) -> None:
+        for i, cb in enumerate(callbacks):
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks[{i}] is a {type(cb).__name__}, not a hypergrad.callbacks.Callback; "
+                                "subclass Callback and override the hooks you need")
         self.objective = MetaObjective(problem, config, x_test=x_test, y_test=y_test)
         self.problem = problem
         self.config = config

@@ -161,3 +161,12 @@ def test_a_callback_overrides_only_the_hooks_it_needs():
     result = Tuner(tiny_problem(), CFG, callbacks=[cb]).run(budget=1)
     assert cb.result is result and len(result.history) == 1
     assert math.isfinite(result.evaluation["final"]["val_loss"])
+
+
+def test_a_callback_must_subclass_callback():
+    class Duck:
+        def on_meta_step(self, tuner, record):
+            pass
+
+    with pytest.raises(TypeError, match=r"callbacks\[0\] is a Duck, not a hypergrad.callbacks.Callback"):
+        Tuner(tiny_problem(), CFG, callbacks=[Duck()])
