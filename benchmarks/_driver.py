@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hypergrad.methods import METHODS
+
 ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "OMP_NUM_THREADS": "1"}
 REPO = Path(__file__).resolve().parents[1]
-LABELS = {"bptt": "BPTT", "tbptt": "TBPTT", "rbp": "RBP", "cg": "CG-RBP", "neumann": "Neumann-RBP",
-          "sgd": "torch.optim.SGD (T steps)"}
+LABELS = {**{name: m.label for name, m in METHODS.items()}, "sgd": "torch.optim.SGD (T steps)"}
 
 
 def probe(spec: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:

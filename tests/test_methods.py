@@ -12,13 +12,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import math
 
 import pytest
 import torch
 
 import hypergrad
-from hypergrad import implicit, linalg, objective, strategies, tuner
+from hypergrad import config, implicit, linalg, tuner
 from hypergrad.methods import METHODS, GradResult, get_method, gradient, implicit_gradient, method_names
 from tests._maps import DT, exact_grad, make_gru_problem, make_tanh_problem, rel_err
 
@@ -56,11 +58,23 @@ def test_table_order_families_and_labels() -> None:
 
 
 def test_core_and_tuner_names_agree_with_the_table() -> None:
+    """The core's solver names and every method tuple above it (tuner, objective, config) are the table's."""
     assert implicit.METHODS == linalg.SOLVERS == method_names("implicit")
-    assert tuner.TUNE_METHODS == method_names()
-    # the tuner keeps no name tuples of its own: families and stacking come from the table
-    for module in (tuner, objective, strategies):
-        assert not {"UNROLLED_METHODS", "IMPLICIT_METHODS", "STACKABLE_METHODS"} & set(vars(module))
+    expected = {
+        "UNROLLED_METHODS": method_names("unrolled"),
+        "IMPLICIT_METHODS": method_names("implicit"),
+        "STACKABLE_METHODS": tuple(m for m in ALL if METHODS[m].stackable),
+        "TUNE_METHODS": method_names(),
+    }
+    modules = [tuner, config]
+    with contextlib.suppress(ImportError):
+        modules.append(importlib.import_module("hypergrad.objective"))
+    found = {(mod.__name__, name): getattr(mod, name) for mod in modules for name in expected if hasattr(mod, name)}
+    assert ("hypergrad.tuner", "TUNE_METHODS") in found
+    for (_, name), value in found.items():
+        assert tuple(value) == expected[name], name
+    if callable(getattr(config, "method_names", None)):
+        assert tuple(config.method_names()) == method_names()
 
 
 @pytest.mark.parametrize("name", IMPLICIT)

@@ -20,7 +20,7 @@ from recipes.gnn_citation.model import (
     readout,
     sparse_adjacency,
 )
-from recipes.gnn_citation.train import GNN_METHODS, TrainConfig, gnn_gradients, train_run
+from recipes.gnn_citation.train import DEFAULT_METHODS, GNN_METHODS, TrainConfig, gnn_gradients, train_run
 
 ROOT = default_data_root("planetoid")
 
@@ -106,13 +106,13 @@ def test_rbp_family_at_a_fixed_point():
     graph, step, h0, params = _setup(scale=0.1)
     kw = dict(labels=graph.labels, train_idx=graph.train_idx, num_steps=150)
     tb = gnn_gradients("tbptt", step, h0, params, truncate=4, **kw)
-    ne = gnn_gradients("neumann_rbp", step, h0, params, truncate=3, **kw)
+    ne = gnn_gradients("neumann", step, h0, params, truncate=3, **kw)
     for x, y in zip((*tb[0], *tb[1]), (*ne[0], *ne[1])):
         torch.testing.assert_close(x, y, rtol=1e-7, atol=1e-10)
     assert ne[4] is not None and ne[4].method == "neumann"
     full = gnn_gradients("bptt", step, h0, params, truncate=150, **kw)
     gen = torch.Generator().manual_seed(0)
-    for method in ("rbp", "cg_rbp", "neumann_rbp"):
+    for method in ("rbp", "cg", "neumann", "gmres"):
         got = gnn_gradients(method, step, h0, params, truncate=60, generator=gen, **kw)
         for x, y in zip(got[0], full[0]):
             torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-8)
@@ -131,7 +131,7 @@ def test_rbp_methods_keep_no_propagation_graph():
                               num_steps=steps, truncate=3, generator=torch.Generator().manual_seed(0))
             saved[method, steps] = counter.bytes
     assert saved["bptt", 40] > 3.5 * saved["bptt", 10]
-    for method in ("tbptt", "rbp", "cg_rbp", "neumann_rbp"):
+    for method in ("tbptt", "rbp", "cg", "neumann", "gmres"):
         assert saved[method, 40] == saved[method, 10] > 0
         assert saved[method, 40] < saved["bptt", 40] / 4
 
@@ -142,7 +142,7 @@ def test_train_run_records_curves_and_stops_early():
     step = make_step(sparse_adjacency(graph))
     split = (graph.train_idx, graph.val_idx, graph.test_idx)
     cfg = TrainConfig(num_steps=8, truncate=2, epochs=40, patience=3, lr=1e-6)
-    res = train_run("neumann_rbp", step, x, graph.labels, split, 3, seed=0, config=cfg)
+    res = train_run("neumann", step, x, graph.labels, split, 3, seed=0, config=cfg)
     assert res.epochs_run < 40  # lr 1e-6: validation accuracy cannot improve for long
     assert res.epochs_run == len(res.train_loss) == len(res.val_acc)
     assert res.best_epoch == max(range(len(res.val_acc)), key=lambda e: (res.val_acc[e], -e))
@@ -186,7 +186,9 @@ def test_quick_mode_writes_the_documented_schema(tmp_path):
     rec = json.loads(out.read_text())
     assert rec["dataset"] == "cora" and rec["num_classes"] == 7 and rec["hidden"] == 8
     assert rec["split_sizes"] == [27, 1326, 1355]
-    assert set(rec["results"]) == {"baseline", *GNN_METHODS} == set(rec["summary"])
+    assert list(rec["results"]) == list(DEFAULT_METHODS) == list(rec["summary"])
+    assert list(DEFAULT_METHODS) == ["baseline", "bptt", "tbptt", "rbp", "cg", "neumann"]
+    assert rec["paper"]["neumann"] == [46.63, 8.3]
     for method, runs in rec["results"].items():
         assert len(runs) == 1
         r = runs[0]
@@ -195,20 +197,51 @@ def test_quick_mode_writes_the_documented_schema(tmp_path):
         assert len(r["diff_norm_last"]) == (0 if method == "baseline" else 10)
         assert rec["summary"][method]["n"] == 1
     assert (tmp_path / "gnn_cora.png").stat().st_size > 0
-    # re-plot from the JSON
+    # re-plot from the JSON: named, or --out by default
     (tmp_path / "gnn_cora.png").unlink()
-    assert main(["--replot", str(out), "--figdir", str(tmp_path)]) == 0
+    assert main(["--plot-only", str(out), "--figdir", str(tmp_path)]) == 0
+    assert (tmp_path / "gnn_cora.png").is_file()
+    (tmp_path / "gnn_cora.png").unlink()
+    assert main(["--plot-only", "--out", str(out), "--figdir", str(tmp_path)]) == 0
     assert (tmp_path / "gnn_cora.png").is_file()
 
 
 def test_cli_rejects_bad_arguments(capsys):
-    from recipes.gnn_citation.run import main
+    from recipes.gnn_citation.run import build_parser, main
 
     with pytest.raises(SystemExit):
         main(["--methods", "bptt,adjoint"])
+    assert "choose from bptt, tbptt, rbp, cg, neumann, gmres, baseline" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["--truncate", "7", "--steps", "5"])
+        main(["--methods", "cg_rbp"])  # the recipe's old name: the library's is "cg"
+    with pytest.raises(SystemExit):
+        main(["--truncate", "7", "--inner-steps", "5"])
     assert "truncate" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--plot-only"])  # nothing to re-draw: no paths and no --out
+    for old in (["--replot", "x.json"], ["--steps", "5"]):
+        with pytest.raises(SystemExit):
+            main(old)
+    # --seeds is always a list: "10" is seed 10, not ten seeds.
+    assert build_parser().parse_args(["--seeds", "10"]).seeds == [10]
+    assert build_parser().parse_args(["--seeds", "0-2,7"]).seeds == [0, 1, 2, 7]
+    assert build_parser().parse_args([]).seeds == list(range(10))
+
+
+def test_schema_1_files_are_read_with_the_librarys_names(tmp_path):
+    from recipes.gnn_citation.plot import load_records, markdown_table
+
+    run = {"method": "cg_rbp", "seed": 0, "test_acc": 40.0, "epochs_run": 0, "best_epoch": -1,
+           "best_val_acc": -1.0, "seconds": 1.0}
+    old = {"dataset": "cora", "results": {"cg_rbp": [run]}, "summary": {}, "methods": ["cg_rbp"],
+           "paper": {"cg_rbp": [39.26, 6.5]}}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    (rec,) = load_records([path])
+    assert list(rec["results"]) == ["cg"] and rec["methods"] == ["cg"] and rec["paper"] == {"cg": [39.26, 6.5]}
+    assert rec["results"]["cg"][0]["best_epoch"] is None
+    rec["summary"] = {"cg": {"mean": 40.0, "std": 0.0, "n": 1}}
+    assert "| CG-RBP | 40.00 ± 0.00 (n=1) | 39.26 ± 6.5 |" in markdown_table([rec])
 
 
 def test_divergence_stops_training_and_keeps_the_best_model():
@@ -220,3 +253,13 @@ def test_divergence_stops_training_and_keeps_the_best_model():
     res = train_run("bptt", step, x, graph.labels, split, 3, seed=0, config=cfg)
     assert res.diverged and res.epochs_run < 50
     assert all(math.isfinite(v) for v in res.train_loss) and math.isfinite(res.test_acc)
+
+
+@pytest.mark.parametrize("method", ["rbp", "neumann"])
+def test_a_non_finite_propagation_stops_an_implicit_run(method):
+    """A propagation that blew up has no fixed point: a NaN loss and a "nonfinite" info, no exception."""
+    graph, step, h0, params = _setup()
+    g_gru, _, loss, _, info = gnn_gradients(method, step, torch.full_like(h0, float("nan")), params,
+                                            graph.labels, graph.train_idx, num_steps=4, truncate=2)
+    assert not math.isfinite(float(loss)) and all(bool(torch.isnan(g).all()) for g in g_gru)
+    assert info is not None and info.stop_reason == "nonfinite" and info.iterations == 0

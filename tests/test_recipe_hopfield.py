@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -12,17 +13,19 @@ import torch
 import hypergrad
 from hypergrad.data import DataError, default_data_root
 from hypergrad.implicit import _OneStepGraph  # the core's own J·u, the operator CG-RBP uses
+from hypergrad.methods import METHODS as TABLE
+from recipes._common import PAPER_METHODS as METHODS
 from recipes.hopfield import run
 from recipes.hopfield.model import (
-    METHODS,
-    RBP_METHODS,
     HopfieldNet,
     corrupt,
     hopfield_step,
     l1_loss,
     load_images,
-    method_grad,
+    train_step_grad,
 )
+
+RBP_METHODS = tuple(m for m in METHODS if TABLE[m].family == "implicit")
 
 SMALL = {"n_obs": 6, "n_hidden": 5, "n_out": 6}
 
@@ -68,9 +71,8 @@ def test_model_validates_its_inputs() -> None:
         _small_net(readout="logits")
     with pytest.raises(ValueError, match="n_hidden"):
         HopfieldNet.create(n_obs=3, n_hidden=0, n_out=3)
-    with pytest.raises(ValueError, match="unknown method"):
-        method_grad("lbfgs", hopfield_step, (torch.zeros(1, 2),), (torch.zeros(2, 2), torch.zeros(1, 2)),
-                    lambda s: s[0].sum(), num_steps=3, truncation=2)
+    with pytest.raises(ValueError, match="unknown method 'lbfgs'; expected one of bptt, tbptt"):
+        train_step_grad(_small_net(), _binary_images(1, SMALL["n_obs"]), "lbfgs", 2)
     with pytest.raises(ValueError, match="fraction"):
         corrupt(torch.ones(1, 4), 1.5)
 
@@ -164,30 +166,35 @@ def test_cg_rbp_matches_dense_implicit_gradient(jvp: str) -> None:
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
 
 
+def _grad_of_a(net: HopfieldNet, images: torch.Tensor, method: str, truncate: int) -> tuple[torch.Tensor, float, Any]:
+    loss, info = train_step_grad(net, images, method, truncate, generator=torch.Generator().manual_seed(0))
+    return net.A.grad.clone(), loss, info
+
+
 def test_methods_agree_with_bptt_at_a_converged_state() -> None:
+    """The recipe's gradient w.r.t. A, by every method, through hypergrad.gradient."""
     net = _small_net(scale=0.3)
     images = _binary_images(2, SMALL["n_obs"], seed=2)
-    w_ff, drive = net.params(images)
-    params = (w_ff.detach(), drive.detach())
-    step = net.step_fn()
-
-    def loss_fn(state: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        return l1_loss(net.readout(state[0]), images)
-
-    results = {m: method_grad(m, step, net.initial_state(2), params, loss_fn, num_steps=50, truncation=30,
-                              generator=torch.Generator().manual_seed(0)) for m in METHODS}
+    results = {m: _grad_of_a(net, images, m, 30) for m in METHODS}
     ref, ref_loss, _ = results["bptt"]
-    assert ref[0].norm() > 0
-    for m, (grads, loss, info) in results.items():
+    assert ref.norm() > 0
+    # BPTT by hand: autograd through the 50 steps and the pull-back to A.
+    A = net.A.detach().clone().requires_grad_(True)
+    by_hand = HopfieldNet(A, **SMALL, readout_mode="state")
+    w_ff, drive = by_hand.params(images)
+    (h,) = by_hand.initial_state(2)
+    for _ in range(by_hand.num_steps):
+        (h,) = hopfield_step((h,), (w_ff, drive))
+    (want,) = torch.autograd.grad(l1_loss(by_hand.readout(h), images), A)
+    torch.testing.assert_close(ref, want, rtol=1e-10, atol=1e-14)
+    for m, (grad, loss, info) in results.items():
         assert loss == pytest.approx(ref_loss, rel=1e-9)
         assert (info is None) == (m not in RBP_METHODS)
-        for got, want in zip(grads, ref):
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-9, msg=m)
+        torch.testing.assert_close(grad, ref, rtol=1e-5, atol=1e-9, msg=m)
     # TBPTT(K) and Neumann-RBP(K - 1) are the same series at a fixed point (Proposition 2).
-    tb = method_grad("tbptt", step, net.initial_state(2), params, loss_fn, num_steps=50, truncation=3)[0]
-    ne = method_grad("neumann", step, net.initial_state(2), params, loss_fn, num_steps=50, truncation=2)[0]
-    for x, y in zip(tb, ne):
-        torch.testing.assert_close(x, y, rtol=1e-7, atol=1e-12)
+    tb = _grad_of_a(net, images, "tbptt", 3)[0]
+    ne = _grad_of_a(net, images, "neumann", 2)[0]
+    torch.testing.assert_close(tb, ne, rtol=1e-7, atol=1e-12)
 
 
 class _CountingStep:
@@ -233,8 +240,8 @@ def test_rbp_methods_keep_no_trajectory_graph(method: str) -> None:
 
     def run_with(num_steps: int) -> tuple[_CountingStep, int]:
         counter = _CountingStep(net.step_fn())
-        nbytes = _saved_bytes(lambda: method_grad(method, counter, net.initial_state(2), params, loss_fn,
-                                                  num_steps=num_steps, truncation=5))
+        nbytes = _saved_bytes(lambda: hypergrad.gradient(counter, net.initial_state(2), params, loss_fn,
+                                                         method=method, num_steps=num_steps, truncate=5))
         return counter, nbytes
 
     counter50, bytes50 = run_with(50)
@@ -272,6 +279,7 @@ def quick_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]
 def test_quick_run_writes_curves_and_success_rates(quick_results: tuple[dict, Path]) -> None:
     results, out_dir = quick_results
     assert results["schema_version"] == run.SCHEMA_VERSION
+    assert results["table"]["seeds"] == [1]  # --quick: the first of the default seeds 1-20
     curves = results["curves"]["methods"]
     assert list(curves) == list(METHODS)
     for rec in curves.values():
@@ -322,7 +330,15 @@ def test_cli_rejects_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         run.main(["--methods", "bptt,adam"])
     assert exc.value.code == 2
+    assert "choose from bptt,tbptt,rbp,cg,neumann,gmres" in capsys.readouterr().err.replace(", ", ",")
     with pytest.raises(SystemExit) as exc:
-        run.main(["--truncations", "10,0"])
+        run.main(["--truncate", "10,0"])
     assert exc.value.code == 2
-    assert "positive" in capsys.readouterr().err
+    assert "integers >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        run.main(["--methods", "tbptt", "--truncate", "60"])  # K > the 50 inference steps
+    assert "TBPTT" in capsys.readouterr().err
+    for old in (["--truncations", "10"], ["--trials", "3"], ["--seed", "0"], ["--curve-truncation", "5"]):
+        with pytest.raises(SystemExit):
+            run.main(old)  # the old flag names are gone
+    capsys.readouterr()

@@ -46,7 +46,7 @@ def test_jobs_order_and_meta_steps_per_setting():
 def test_tiny_grid_on_digits_runs_resumes_and_plots(tmp_path):
     out = tmp_path / "runs"
     argv = ["--dataset", "digits", "--grid", "12x4", "--methods", "bptt,tbptt,neumann", "--seeds", "0,1",
-            "--meta-steps", "2", "--out-dir", str(out)]
+            "--meta-steps", "2", "--out", str(out), "--no-progress"]
     assert hrun.main(argv) == 0
     files = sorted(out.glob("*/T12_K4/*.json"))
     assert len(files) == 2 * 3 * 2  # settings x methods x seeds
@@ -80,11 +80,36 @@ def test_tiny_grid_on_digits_runs_resumes_and_plots(tmp_path):
     (out / "checkgrad_default_T12_K4.json").write_text(json.dumps({"rows": [
         {"method": "bptt", "cosine_vs_bptt": 1.0, "rel_error_vs_bptt": 0.0, "norm": 1.0, "seconds": 0.1},
         {"method": "neumann", "cosine_vs_bptt": 0.5, "rel_error_vs_bptt": 0.9, "norm": 1.0, "seconds": 0.1}]}))
-    assert hplot.main(["--runs", str(out), "--figdir", str(figdir), "--summary", str(tmp_path / "s.json")]) == 0
+    assert hrun.main(["--plot-only", str(out), "--figdir", str(figdir), "--summary", str(tmp_path / "s.json")]) == 0
     assert (figdir / "hyperopt_default.png").stat().st_size > 0 and (figdir / "hyperopt_paper.png").exists()
     assert (figdir / "hyperopt_cosine.png").exists()
     summary = json.loads((tmp_path / "s.json").read_text())
     assert [r["cosine_vs_bptt"] for r in summary["check_grad"]] == [1.0, 0.5]
+
+
+def test_quick_runs_every_method_of_the_recipe_once(tmp_path, capsys):
+    out = tmp_path / "quick"
+    assert hrun.main(["--quick", "--out", str(out), "--no-progress"]) == 0
+    files = sorted(out.glob("*/T12_K4/*.json"))
+    assert {f.name for f in files} == {f"{m}_seed0.json" for m in ("bptt", "tbptt", "rbp", "cg", "neumann")}
+    assert {f.parent.parent.name for f in files} == {"paper", "default"}
+    for f in files:
+        run = json.loads(f.read_text())
+        assert run["dataset"] == "digits" and len(run["history"]) == 2
+    assert "Neumann-RBP  seed 0: meta loss" in capsys.readouterr().out
+    # --plot-only with no path reads --out; the table names methods by their labels.
+    assert hrun.main(["--plot-only", "--out", str(out)]) == 0
+    assert "| paper | 12 | 4 | CG-RBP | 1 | 2 |" in capsys.readouterr().out
+
+
+def test_cli_rejects_bad_flags(tmp_path, capsys):
+    for argv in (["--methods", "cg_rbp"], ["--seeds", "3-1"], ["--out-dir", str(tmp_path)],
+                 ["--plot-only", str(tmp_path / "nothing")]):
+        with pytest.raises(SystemExit) as exc:
+            hrun.main(argv)
+        assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "choose from bptt, tbptt, rbp, cg, neumann, gmres" in err and "no runs under" in err
 
 
 def test_parse_checkgrad_stdout_reads_each_table():

@@ -10,7 +10,7 @@ RSS. The probe also counts the bytes autograd saved for the backward pass
 and times a few more epochs.
 
     python -m recipes.gnn_citation.bench --dataset cora --out runs/gnn/bench_cora.json
-    python -m recipes.gnn_citation.bench --dataset cora --methods bptt,neumann_rbp --steps 25,50,100
+    python -m recipes.gnn_citation.bench --dataset cora --methods bptt,neumann --inner-steps 25,50,100
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 
 from hypergrad._profiling import reset_peak, status_kib
+from recipes._common import PAPER_METHODS, add_methods_flag, int_list, recipe_parser
 from recipes.gnn_citation import config as C
-from recipes.gnn_citation.train import GNN_METHODS, LABELS, gnn_gradients
+from recipes.gnn_citation.train import GNN_METHODS, gnn_gradients, label
 
 # Memory probes: freed tensors leave the RSS. Timing probes: the settings of the full runs
 # (large tensors stay in the heap instead of being mmap-ed and page-faulted in at every step).
@@ -115,21 +116,18 @@ def probe(dataset: str, method: str, steps: int, truncate: int, epochs: int, dat
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m recipes.gnn_citation.bench", description=__doc__.split("\n")[0])
+    p = recipe_parser("python -m recipes.gnn_citation.bench", __doc__)
     p.add_argument("--dataset", choices=C.DATASETS, default="cora")
-    p.add_argument("--methods", default=",".join(GNN_METHODS))
-    p.add_argument("--steps", default=str(C.NUM_STEPS), help="comma list of propagation step counts")
-    p.add_argument("--truncate", type=int, default=C.TRUNCATE)
+    add_methods_flag(p, PAPER_METHODS, allowed=GNN_METHODS)
+    p.add_argument("--inner-steps", type=int_list(1), default=[C.NUM_STEPS], metavar="LIST",
+                   help=f"comma list of propagation step counts T (default: {C.NUM_STEPS})")
+    p.add_argument("--truncate", type=int, default=C.TRUNCATE, help="TBPTT steps / RBP iterations K")
     p.add_argument("--epochs", type=int, default=3, help="timed epochs (in the timing probe)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    methods = [m.strip() for m in args.methods.split(",")]
-    bad = [m for m in methods if m not in GNN_METHODS]
-    if bad:
-        p.error(f"unknown method(s) {bad}; choose from {', '.join(GNN_METHODS)}")
-    steps_list = [int(s) for s in args.steps.split(",")]
+    methods, steps_list = args.methods, args.inner_steps
     if args.probe:
         print(json.dumps(probe(args.dataset, methods[0], steps_list[0], args.truncate, args.epochs,
                                args.data_root)))
@@ -138,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     for steps in steps_list:
         for method in methods:
             cmd = [sys.executable, "-m", "recipes.gnn_citation.bench", "--probe", "--dataset", args.dataset,
-                   "--methods", method, "--steps", str(steps), "--truncate", str(args.truncate)]
+                   "--methods", method, "--inner-steps", str(steps), "--truncate", str(args.truncate)]
             if args.data_root:
                 cmd += ["--data-root", args.data_root]
             out = []
@@ -151,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                 out.append(json.loads(res.stdout.strip().splitlines()[-1]))
             row = {**out[0], **{k: v for k, v in out[1].items() if k.startswith("epoch_")}}
             rows.append(row)
-            print(f"{args.dataset} T={steps:3d} {LABELS[method]:12s} peak +{row['peak_extra_mib']:8.1f} MiB  "
+            print(f"{args.dataset} T={steps:3d} {label(method):12s} peak +{row['peak_extra_mib']:8.1f} MiB  "
                   f"autograd saved {row['autograd_saved_mib']:8.1f} MiB  "
                   f"{row['epoch_cpu_seconds_median']:.3f} CPU s/epoch", flush=True)
     if args.out is not None:

@@ -8,9 +8,30 @@ from pathlib import Path
 
 import numpy as np
 
-from recipes.gnn_citation.train import GNN_METHODS, LABELS, METHODS
+from recipes.gnn_citation.train import GNN_METHODS, METHODS, label
 
 __all__ = ["load_records", "markdown_table", "mean_curve", "merge_records", "plot_records"]
+
+# Schema 1 files named two methods the recipe's own way.
+_OLD_NAMES = {"cg_rbp": "cg", "neumann_rbp": "neumann"}
+
+
+def _renamed(rec: dict) -> dict:
+    def rename(d: dict) -> dict:
+        return {_OLD_NAMES.get(k, k): v for k, v in d.items()}
+
+    rec = {**rec, "results": rename(rec["results"])}
+    for key in ("summary", "paper"):
+        if key in rec:
+            rec[key] = rename(rec[key])
+    if "methods" in rec:
+        rec["methods"] = [_OLD_NAMES.get(m, m) for m in rec["methods"]]
+    for runs in rec["results"].values():
+        for r in runs:
+            r["method"] = _OLD_NAMES.get(r.get("method"), r.get("method"))
+            if r.get("best_epoch") == -1:  # schema 1's "none yet"
+                r["best_epoch"], r["best_val_acc"] = None, None
+    return rec
 
 
 def load_records(paths: list[Path]) -> list[dict]:
@@ -19,7 +40,7 @@ def load_records(paths: list[Path]) -> list[dict]:
         rec = json.loads(Path(path).read_text())
         if "results" not in rec or "dataset" not in rec:
             raise ValueError(f"{path} is not a results file of recipes.gnn_citation.run")
-        records.append(rec)
+        records.append(_renamed(rec))
     return records
 
 
@@ -75,7 +96,7 @@ def plot_records(records: list[dict], figdir: Path, *, tag: str = "") -> list[Pa
             runs = rec["results"].get(method, [])
             if not runs:
                 continue
-            kw = {"color": f"C{METHODS.index(method)}", "label": LABELS[method],
+            kw = {"color": f"C{METHODS.index(method)}", "label": label(method),
                   "linestyle": "--" if method == "baseline" else "-"}
             loss = mean_curve([r["train_loss"] for r in runs])
             axes[0].plot(np.arange(len(loss)), loss, **kw)
@@ -114,12 +135,13 @@ def markdown_table(records: list[dict]) -> str:
     head = "| Test acc. (%) | " + " | ".join(f"{d} (ours) | {d} (paper)" for d in datasets) + " |"
     sep = "|---|" + "---|---|" * len(datasets)
     lines = [head, sep]
-    for method in METHODS:
+    shown = [m for m in METHODS if any(m in rec["results"] or m in rec["paper"] for rec in records)]
+    for method in shown:
         cells = []
         for rec in records:
             s = rec.get("summary", {}).get(method)
             ours = _fmt(s["mean"], s["std"]) + f" (n={s['n']})" if s else "—"
             paper = rec["paper"].get(method)
             cells += [ours, f"{paper[0]:.2f} ± {paper[1]:.1f}" if paper else "—"]
-        lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label(method)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -3,9 +3,9 @@
 Examples (from the repository root)::
 
     python -m recipes.gnn_citation.run --dataset cora --quick --out /tmp/gnn_quick.json
-    python -m recipes.gnn_citation.run --dataset cora --seeds 10 --epochs 30 --patience 10 \\
+    python -m recipes.gnn_citation.run --dataset cora --seeds 0-9 --epochs 30 --patience 10 \\
         --out runs/gnn_cora.json --figdir docs/results
-    python -m recipes.gnn_citation.run --replot runs/gnn_cora.json runs/gnn_pubmed.json --figdir docs/results
+    python -m recipes.gnn_citation.run --plot-only runs/gnn_cora.json runs/gnn_pubmed.json --figdir docs/results
 """
 
 from __future__ import annotations
@@ -22,59 +22,36 @@ import torch
 
 from hypergrad.data import DataError, default_data_root
 from hypergrad.data.planetoid import load_planetoid, planetoid_random_split
+from recipes._common import add_methods_flag, add_output_flags, add_seeds_flag, plot_only_paths, recipe_parser
 from recipes.gnn_citation import config as C
 from recipes.gnn_citation.model import make_step, pca_features, sparse_adjacency
-from recipes.gnn_citation.train import LABELS, METHODS, TrainConfig, train_run
+from recipes.gnn_citation.train import DEFAULT_METHODS, GNN_METHODS, TrainConfig, label, train_run
 
-SCHEMA_VERSION = 1
-
-
-def _parse_methods(text: str) -> list[str]:
-    methods = [m.strip().lower().replace("-", "_") for m in text.split(",") if m.strip()]
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise argparse.ArgumentTypeError(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
-    return methods
-
-
-def _parse_seeds(text: str) -> list[int]:
-    """``10`` -> seeds 0..9; ``3,5,7`` -> those seeds."""
-    try:
-        if "," in text:
-            return [int(s) for s in text.split(",") if s.strip()]
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds takes a count or a comma list, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--seeds must be >= 1, got {n}")
-    return list(range(n))
+SCHEMA_VERSION = 2  # 2: hypergrad's method names (cg, neumann; were cg_rbp, neumann_rbp), null best_epoch
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m recipes.gnn_citation.run", description=__doc__.split("\n")[0])
+    p = recipe_parser("python -m recipes.gnn_citation.run", __doc__)
     p.add_argument("--dataset", choices=C.DATASETS, default="cora")
-    p.add_argument("--methods", type=_parse_methods, default=list(METHODS),
-                   help=f"comma list from {','.join(METHODS)} (default: all)")
-    p.add_argument("--seeds", type=_parse_seeds, default=list(range(10)), help="count (0..n-1) or comma list")
+    add_methods_flag(p, DEFAULT_METHODS, allowed=GNN_METHODS, extra=("baseline",))
+    add_seeds_flag(p, range(10), "seeds (data split and initialisation), one run per seed and method")
     p.add_argument("--epochs", type=int, default=C.PAPER_EPOCHS, help="maximum epochs (paper: 2000)")
     p.add_argument("--patience", type=int, default=None,
                    help="early stopping: epochs without a better validation accuracy (default: none)")
-    p.add_argument("--truncate", type=int, default=C.TRUNCATE, help="TBPTT steps / RBP iterations (paper: 5)")
-    p.add_argument("--steps", type=int, default=C.NUM_STEPS, help="propagation steps (paper: 100)")
+    p.add_argument("--inner-steps", type=int, default=C.NUM_STEPS, help="propagation steps T (paper: 100)")
+    p.add_argument("--truncate", type=int, default=C.TRUNCATE, help="TBPTT steps / RBP iterations K (paper: 5)")
     p.add_argument("--hidden", type=int, default=None, help="PCA dim = GRU size (default: cora 64, pubmed 16)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--data-root", type=Path, default=None, help="folder with ind.<name>.* (default: shared data)")
-    p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     p.add_argument("--figdir", type=Path, default=None, help="write Fig. 3 analogues (PNG) here")
     p.add_argument("--tag", default="", help="suffix of the figure names: <figdir>/gnn_<dataset><tag>.png")
-    p.add_argument("--replot", type=Path, nargs="+", default=None, metavar="JSON",
-                   help="only re-draw figures / the table from earlier --out files")
-    p.add_argument("--quick", action="store_true", help="smoke test: 3 epochs, 1 seed, 10 steps, truncate 3")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu (default) or cuda")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    add_output_flags(p, out_default=None, out_help="write the results as JSON here",
+                     quick_help="smoke test: 3 epochs, 1 seed, 10 steps, truncate 3",
+                     plot_only_help="figures (with --figdir) and the table")
     return p
 
 
@@ -83,12 +60,13 @@ def summarize(results: dict[str, list[dict]]) -> dict[str, dict]:
     out = {}
     for method, runs in results.items():
         accs = [r["test_acc"] for r in runs if math.isfinite(r["test_acc"])]
+        best = [r["best_epoch"] for r in runs if r["best_epoch"] is not None]
         out[method] = {
             "mean": statistics.fmean(accs) if accs else float("nan"),
             "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
             "n": len(accs),
             "mean_epochs_run": statistics.fmean(r["epochs_run"] for r in runs) if runs else 0.0,
-            "mean_best_epoch": statistics.fmean(r["best_epoch"] for r in runs) if runs else 0.0,
+            "mean_best_epoch": statistics.fmean(best) if best else None,
             "seconds": sum(r["seconds"] for r in runs),
         }
     return out
@@ -104,7 +82,7 @@ def run_experiment(args: argparse.Namespace) -> dict:
     labels = graph.labels.to(dev)
     step = make_step(sparse_adjacency(graph).to(dev))
     cfg = TrainConfig(
-        num_steps=args.steps, truncate=args.truncate, epochs=args.epochs, patience=args.patience,
+        num_steps=args.inner_steps, truncate=args.truncate, epochs=args.epochs, patience=args.patience,
         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
     )
     record: dict = {
@@ -135,7 +113,7 @@ def run_experiment(args: argparse.Namespace) -> dict:
         split = tuple(s.to(dev) for s in split)
         for method in args.methods:
             if bar is not None:
-                bar.set_postfix_str(f"{LABELS[method]} seed {seed}")
+                bar.set_postfix_str(f"{label(method)} seed {seed}")
 
             def on_epoch(epoch: int, loss: float, val: float) -> None:
                 if bar is not None:
@@ -145,9 +123,10 @@ def run_experiment(args: argparse.Namespace) -> dict:
                             seed=seed, config=cfg, on_epoch=on_epoch)
             if bar is not None:
                 bar.update(cfg.epochs - res.epochs_run)
-                bar.write(f"{args.dataset} {LABELS[method]:12s} seed {seed}: test {res.test_acc:.2f} "
-                          f"(best val {res.best_val_acc:.2f} @ epoch {res.best_epoch}, "
-                          f"{res.epochs_run} epochs, {res.seconds:.1f}s)")
+                best = ("no finished epoch" if res.best_val_acc is None
+                        else f"best val {res.best_val_acc:.2f} @ epoch {res.best_epoch}")
+                bar.write(f"{args.dataset} {label(method):12s} seed {seed}: test {res.test_acc:.2f} "
+                          f"({best}, {res.epochs_run} epochs, {res.seconds:.1f}s)")
             record["results"][method].append(res.to_json())
             record["summary"] = summarize(record["results"])
             record["seconds"] = time.perf_counter() - started
@@ -168,22 +147,26 @@ def _write_json(path: Path, record: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.replot is not None:
+    plot_paths = plot_only_paths(parser, args)
+    if plot_paths is not None:
         from recipes.gnn_citation.plot import load_records, markdown_table, merge_records, plot_records
 
-        records = merge_records(load_records(args.replot))
+        try:
+            records = merge_records(load_records(plot_paths))
+        except (OSError, ValueError) as exc:
+            parser.exit(1, f"error: {exc}\n")
         if args.figdir is not None:
             for path in plot_records(records, args.figdir, tag=args.tag):
                 print(f"wrote {path}")
         print(markdown_table(records))
         return 0
     if args.quick:
-        args.epochs, args.seeds, args.steps, args.truncate = 3, args.seeds[:1], 10, 3
-    for name in ("epochs", "steps", "truncate", "threads"):
+        args.epochs, args.seeds, args.inner_steps, args.truncate = 3, args.seeds[:1], 10, 3
+    for name in ("epochs", "inner_steps", "truncate", "threads"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1")
-    if args.truncate > args.steps:
-        parser.error(f"--truncate ({args.truncate}) must not exceed --steps ({args.steps})")
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.truncate > args.inner_steps:
+        parser.error(f"--truncate ({args.truncate}) must not exceed --inner-steps ({args.inner_steps})")
     try:
         record = run_experiment(args)
     except DataError as exc:
@@ -195,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in plot_records([record], args.figdir, tag=args.tag):
             print(f"wrote {path}")
     for method, s in record["summary"].items():
-        print(f"{record['dataset']} {LABELS[method]:12s} test acc {s['mean']:.2f} ± {s['std']:.2f} (n={s['n']})")
+        print(f"{record['dataset']} {label(method):12s} test acc {s['mean']:.2f} ± {s['std']:.2f} (n={s['n']})")
     return 0
 
 

@@ -1,13 +1,13 @@
 """Training one GNN (or the logistic-regression baseline) with one gradient method.
 
-The gradient of the training loss w.r.t. the GRU weights comes from hypergrad's core:
+The gradient of the training loss w.r.t. the GRU weights comes from :func:`hypergrad.gradient`
+by any method of :data:`hypergrad.METHODS`:
 
-* ``bptt`` / ``tbptt``: :func:`hypergrad.unrolled_grad` through all ``T`` steps / the last
-  ``truncate`` steps;
-* ``rbp`` / ``cg_rbp`` / ``neumann_rbp``: ``T`` steps without a graph
-  (:func:`hypergrad.unroll`), then ``dL/dh_T`` from the output layer and the loss, then
-  :func:`hypergrad.fixed_point_grad` with ``max_iter=truncate`` (Algorithm 1, CG on the
-  normal equations, Algorithm 2). Only the one-step graph at ``h_T`` is built.
+* ``bptt`` / ``tbptt``: back-propagation through all ``T`` steps / the last ``truncate``;
+* ``rbp`` / ``cg`` / ``neumann`` (and ``gmres``): ``T`` steps without a graph, then ``dL/dh_T``
+  from the output layer and the loss, then Eq. (8)-(9) at ``h_T`` with ``max_iter=truncate``
+  (Algorithm 1, CG on the normal equations, Algorithm 2). Only the one-step graph at ``h_T``
+  is built.
 
 The output layer's gradient is ordinary back-propagation in every case. The map is the
 same function (:func:`~recipes.gnn_citation.model.make_step`) for all methods.
@@ -24,21 +24,26 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import hypergrad
+from hypergrad.methods import method_names
+from recipes._common import PAPER_METHODS
+from recipes._common import label as _label
 from recipes.gnn_citation.model import GNNParams, Step, init_params, readout
 
-__all__ = ["GNN_METHODS", "METHODS", "RunResult", "TrainConfig", "gnn_gradients", "train_run"]
+__all__ = ["DEFAULT_METHODS", "GNN_METHODS", "METHODS", "RunResult", "TrainConfig", "gnn_gradients", "label",
+           "train_run"]
 
-GNN_METHODS = ("bptt", "tbptt", "rbp", "cg_rbp", "neumann_rbp")
+#: The gradient methods the GNN trains with: every method of the library.
+GNN_METHODS = method_names()
+#: ... and the logistic-regression baseline on the node features (no propagation).
 METHODS = ("baseline", *GNN_METHODS)
-_SOLVER = {"rbp": "rbp", "cg_rbp": "cg", "neumann_rbp": "neumann"}
-LABELS = {
-    "baseline": "Baseline",
-    "bptt": "BPTT",
-    "tbptt": "TBPTT",
-    "rbp": "RBP",
-    "cg_rbp": "CG-RBP",
-    "neumann_rbp": "Neumann-RBP",
-}
+#: What the recipe runs by default: the paper's Table 1 (the baseline and its five methods).
+DEFAULT_METHODS = ("baseline", *PAPER_METHODS)
+_EXTRA_LABELS = {"baseline": "Baseline"}
+
+
+def label(method: str) -> str:
+    """The display name of ``method``: the library's label, or "Baseline"."""
+    return _label(method, _EXTRA_LABELS)
 
 
 @dataclass(frozen=True)
@@ -78,8 +83,8 @@ class RunResult:
     seed: int
     train_loss: list[float] = field(default_factory=list)
     val_acc: list[float] = field(default_factory=list)
-    best_epoch: int = -1
-    best_val_acc: float = -1.0
+    best_epoch: int | None = None  # None: no epoch finished (the first one diverged)
+    best_val_acc: float | None = None
     test_acc: float = float("nan")
     diff_norm_first: list[float] = field(default_factory=list)
     diff_norm_best: list[float] = field(default_factory=list)
@@ -134,36 +139,18 @@ def gnn_gradients(
     out = tuple(p.detach().requires_grad_(True) for p in params.out)
     gru = tuple(p.detach() for p in params.gru)
 
-    if method in ("bptt", "tbptt"):
-
-        def loss_fn(state: tuple[Tensor, ...]) -> tuple[Tensor, tuple]:
-            logits = readout(state[0], out)
-            loss = _cross_entropy(logits, labels, train_idx)
-            g_out = torch.autograd.grad(loss, out, retain_graph=True)  # ordinary backprop
-            return loss, (g_out, loss.detach(), logits.detach())
-
-        trunc = None if method == "bptt" else truncate
-        g_gru, (g_out, loss, logits) = hypergrad.unrolled_grad(
-            forward_step, (h0,), gru, num_steps, loss_fn, truncate=trunc, has_aux=True
-        )
-        return tuple(g_gru), tuple(g_out), loss, logits, None
-
-    # RBP family: forward without a graph, then dL/dh_T, then Eq. (8)-(9) on the one-step graph.
-    h_final = hypergrad.unroll(forward_step, (h0,), gru, num_steps)[0]
-    if not bool(torch.isfinite(h_final).all()):  # weights blown up by an earlier step: no fixed point
-        nan = torch.full((), float("nan"), device=h0.device)
-        return (tuple(torch.full_like(p, float("nan")) for p in gru),
-                tuple(torch.full_like(p, float("nan")) for p in out), nan, h_final, None)
-    h_star = h_final.detach().requires_grad_(True)
-    with torch.enable_grad():
-        logits = readout(h_star, out)
+    def loss_fn(state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[tuple[Tensor, ...], Tensor]]:
+        logits = readout(state[0], out)
         loss = _cross_entropy(logits, labels, train_idx)
-        g_h, *g_out = torch.autograd.grad(loss, (h_star, *out))
-    kwargs = {"init": "uniform", "generator": generator} if method == "rbp" else {}
-    g_gru, info = hypergrad.fixed_point_grad(
-        step, (h_final,), gru, (g_h,), method=_SOLVER[method], max_iter=truncate, **kwargs
-    )
-    return tuple(g_gru), tuple(g_out), loss.detach(), logits.detach(), info
+        g_out = torch.autograd.grad(loss, out, retain_graph=True)  # ordinary backprop
+        return loss, (g_out, logits.detach())
+
+    # The forward run is traced (difference norms); the implicit family linearises the plain map.
+    res = hypergrad.gradient(forward_step, (h0,), gru, loss_fn, method=method, num_steps=num_steps,
+                             truncate=truncate, fixed_point_step=step, has_aux=True, init="uniform",
+                             generator=generator)
+    g_out, logits = res.aux
+    return tuple(res.grads), tuple(g_out), res.loss, logits, res.info
 
 
 def _accuracy(logits: Tensor, labels: Tensor, idx: Tensor) -> float:
@@ -230,7 +217,7 @@ def train_run(
             if epoch == 0:
                 result.diff_norm_first = diffs
             result.diff_norm_last = diffs
-        if val > result.best_val_acc:
+        if result.best_val_acc is None or val > result.best_val_acc:
             result.best_val_acc, result.best_epoch = val, epoch
             result.test_acc = _accuracy(logits, labels, test_idx)
             if sink is not None:

@@ -41,27 +41,15 @@ from hypergrad.data import read_idx
 from hypergrad.data.mnist import find_mnist_file
 
 __all__ = [
-    "LABELS",
-    "METHODS",
+    "READOUTS",
     "HopfieldNet",
     "corrupt",
     "hopfield_step",
     "l1_loss",
     "load_images",
-    "method_grad",
     "train_step_grad",
 ]
 
-#: Gradient methods of the recipe, in the paper's order, with their display names.
-LABELS = {
-    "bptt": "BPTT",
-    "tbptt": "TBPTT",
-    "rbp": "RBP",
-    "cg": "CG-RBP",
-    "neumann": "Neumann-RBP",
-}
-METHODS = tuple(LABELS)
-RBP_METHODS = ("rbp", "cg", "neumann")
 #: ``sigmoid``: outputs are phi(b h) (the paper's text, §5.1); ``state``: outputs are the
 #: raw states h of the output units (what the paper's released code feeds to its L1 loss).
 READOUTS = ("sigmoid", "state")
@@ -178,60 +166,18 @@ class HopfieldNet:
         return float(((s * (1 - s)) < 0.25 * threshold).float().mean())
 
 
-def method_grad(
-    method: str,
-    step: Callable[[tuple[Tensor, ...], tuple[Tensor, ...]], tuple[Tensor, ...]],
-    state0: tuple[Tensor, ...],
-    params: tuple[Tensor, ...],
-    loss_fn: Callable[[tuple[Tensor, ...]], Tensor],
-    *,
-    num_steps: int,
-    truncation: int,
-    generator: torch.Generator | None = None,
-) -> tuple[tuple[Tensor, ...], float, hypergrad.SolveInfo | None]:
-    """Loss at :math:`h_T` and its gradient w.r.t. ``params`` by one of :data:`METHODS`.
-
-    * ``bptt`` / ``tbptt``: :func:`hypergrad.unrolled_grad` through all ``num_steps``
-      steps / the last ``truncation`` of them.
-    * ``rbp`` / ``cg`` / ``neumann``: the ``num_steps`` inference steps run without a
-      graph (:func:`hypergrad.unroll`), :math:`\\partial L/\\partial h_T` comes from
-      autograd on the loss alone, then :func:`hypergrad.fixed_point_grad` at
-      :math:`h_T` with ``max_iter = truncation``. RBP starts from
-      :math:`z_0 \\sim U[0, 1]`, as Algorithm 1 and the paper's code do.
-
-    Returns ``(grads, loss, info)``; ``info`` is the solver's :class:`hypergrad.SolveInfo`
-    for the RBP family and ``None`` for (T)BPTT.
-    """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    if method in ("bptt", "tbptt"):
-
-        def loss_aux(state: tuple[Tensor, ...]) -> tuple[Tensor, float]:
-            loss = loss_fn(state)
-            return loss, float(loss.detach())
-
-        grads, loss_value = hypergrad.unrolled_grad(
-            step, state0, params, num_steps, loss_aux,
-            truncate=None if method == "bptt" else truncation, has_aux=True,
-        )
-        return grads, loss_value, None
-    h_T = hypergrad.unroll(step, state0, params, num_steps)
-    with torch.enable_grad():
-        leaf = tuple(t.detach().requires_grad_(True) for t in h_T)
-        loss = loss_fn(leaf)
-        state_grad = torch.autograd.grad(loss, leaf)
-    grads, info = hypergrad.fixed_point_grad(
-        step, h_T, params, state_grad, method=method, max_iter=truncation,
-        init="uniform" if method == "rbp" else None, generator=generator,
-    )
-    return grads, float(loss.detach()), info
-
-
-def train_step_grad(net: HopfieldNet, images: Tensor, method: str, truncation: int,
+def train_step_grad(net: HopfieldNet, images: Tensor, method: str, truncate: int,
                     generator: torch.Generator | None = None) -> tuple[float, hypergrad.SolveInfo | None]:
     """Set ``net.A.grad`` to the gradient of the training L1 loss by ``method``.
 
-    Returns the loss at :math:`h_T` (before the update) and the solver's info (RBP family).
+    The gradient w.r.t. the map's parameters ``(W_ff, c)`` comes from
+    :func:`hypergrad.gradient` over the ``net.num_steps`` inference steps (``truncate`` = K:
+    TBPTT's steps, the RBP solvers' iterations); RBP starts from :math:`z_0 \\sim U[0, 1]`, as
+    Algorithm 1 and the paper's code do. One autograd pull-back through ``W_ff(A)`` and
+    ``c(A)`` then gives the gradient w.r.t. ``A``.
+
+    Returns the loss at :math:`h_T` (before the update) and the solver's info (implicit
+    family; ``None`` for BPTT and TBPTT).
     """
     w_ff, drive = net.params(images)
     params = (w_ff.detach(), drive.detach())
@@ -239,11 +185,11 @@ def train_step_grad(net: HopfieldNet, images: Tensor, method: str, truncation: i
     def loss_fn(state: tuple[Tensor, ...]) -> Tensor:
         return l1_loss(net.readout(state[0]), images)
 
-    grads, loss, info = method_grad(method, net.step_fn(), net.initial_state(len(images)), params, loss_fn,
-                              num_steps=net.num_steps, truncation=truncation, generator=generator)
+    res = hypergrad.gradient(net.step_fn(), net.initial_state(len(images)), params, loss_fn, method=method,
+                             num_steps=net.num_steps, truncate=truncate, init="uniform", generator=generator)
     net.A.grad = None
-    torch.autograd.backward((w_ff, drive), grads)
-    return loss, info
+    torch.autograd.backward((w_ff, drive), res.grads)
+    return float(res.loss), res.info
 
 
 def load_images(root: str | Path) -> Tensor:

@@ -2,11 +2,13 @@
 
 Two experiments, both written to one JSON file (``--out``):
 
-* ``curves`` (Fig. 1 and 2 analogues): one network per method, same seed and initialisation,
-  truncation ``--curve-truncation``; training L1 every iteration, validation L1 on the corrupted
-  images every ``--val-every`` iterations; the images each method retrieves at the end.
-* ``table`` (Table A1 analogue): ``--trials`` trials per method and truncation; a trial succeeds
-  when its final training loss is below 50% of its initial loss.
+* ``curves`` (Fig. 1 and 2 analogues): one network per method, initialised from ``--curve-seed``,
+  truncation ``--curve-truncate``, ``--curve-iterations`` Adam steps (0: no curves); training L1
+  every iteration, validation L1 on the corrupted images every ``--val-every`` iterations; the
+  images each method retrieves at the end.
+* ``table`` (Table A1 analogue): one trial per seed of ``--seeds``, per method and per truncation
+  of ``--truncate``, ``--iterations`` Adam steps each (0: no table); a trial succeeds when its
+  final training loss is below 50% of its initial loss.
 
 Examples::
 
@@ -30,66 +32,47 @@ import torch
 from tqdm import tqdm
 
 from hypergrad.data import DataError, default_data_root
-from recipes.hopfield.model import (
-    LABELS,
-    METHODS,
-    READOUTS,
-    HopfieldNet,
-    corrupt,
-    l1_loss,
-    load_images,
-    train_step_grad,
+from hypergrad.methods import get_method, method_names
+from recipes._common import (
+    PAPER_METHODS,
+    add_methods_flag,
+    add_output_flags,
+    add_seeds_flag,
+    int_list,
+    label,
+    plot_only_paths,
+    recipe_parser,
 )
+from recipes.hopfield.model import READOUTS, HopfieldNet, corrupt, l1_loss, load_images, train_step_grad
 
-SCHEMA_VERSION = 1
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
-def _method_list(text: str) -> list[str]:
-    values = [v.strip().lower() for v in text.split(",") if v.strip()]
-    bad = [v for v in values if v not in METHODS]
-    if not values or bad:
-        raise argparse.ArgumentTypeError(
-            f"unknown method(s) {bad or text!r}; choose from {', '.join(METHODS)}")
-    return values
+SCHEMA_VERSION = 2  # 2: the table lists its trials' seeds (was: trials_requested)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m recipes.hopfield.run", description=__doc__.splitlines()[0])
+    p = recipe_parser("python -m recipes.hopfield.run", __doc__)
     p.add_argument("--data-root", type=Path, default=None,
                    help="folder with the MNIST IDX files (default: default_data_root('mnist'))")
-    p.add_argument("--seed", type=int, default=0, help="seed of the curves run; trial i uses seed + 1 + i")
-    p.add_argument("--methods", type=_method_list, default=list(METHODS),
-                   help="comma-separated subset of " + ",".join(METHODS))
-    p.add_argument("--truncations", type=_int_list, default=[10, 20, 30], help="truncations of the table")
-    p.add_argument("--trials", type=int, default=20, help="trials per table cell (0: no table)")
-    p.add_argument("--iterations", type=int, default=20, help="training iterations per table trial")
+    add_methods_flag(p, PAPER_METHODS)
+    add_seeds_flag(p, range(1, 21), "seeds of the table's trials, one trial per seed")
+    p.add_argument("--inner-steps", type=int, default=50, help="inference steps T (paper: 50)")
+    p.add_argument("--truncate", type=int_list(1), default=[10, 20, 30], metavar="LIST",
+                   help="truncations K of the table (comma list; default: 10,20,30)")
+    p.add_argument("--iterations", type=int, default=20, help="Adam steps per table trial (0: no table)")
+    p.add_argument("--curve-seed", type=int, default=0, help="seed of the curves run")
     p.add_argument("--curve-iterations", type=int, default=100,
-                   help="training iterations of the curves run (0: no curves)")
-    p.add_argument("--curve-truncation", type=int, default=20, help="truncation of the curves run")
+                   help="Adam steps of the curves run (0: no curves)")
+    p.add_argument("--curve-truncate", type=int, default=20, help="truncation K of the curves run")
     p.add_argument("--val-every", type=int, default=10, help="validation period of the curves run")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--readout", choices=READOUTS, default="sigmoid",
                    help="outputs phi(b h) (paper's text; default) or raw h (paper's released code)")
     p.add_argument("--corrupt", type=float, default=0.5, help="fraction of non-zero test pixels set to 0")
-    p.add_argument("--out", type=Path, default=Path("runs/hopfield.json"), help="results JSON")
     p.add_argument("--figdir", type=Path, default=None, help="where to write the PNG figures (default: none)")
     p.add_argument("--fig-prefix", default="hopfield", help="file-name prefix of the figures")
-    p.add_argument("--plot-only", type=Path, nargs="+", default=None, metavar="JSON",
-                   help="regenerate the figures and tables from results JSON file(s), no training; "
-                        "with several files, curves and table come from the first file that has them")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny run for tests: 2 iterations, 1 trial, truncation 10")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_output_flags(p, out_default=Path("runs/hopfield.json"), out_help="results JSON",
+                     quick_help="tiny run for tests: 2 iterations, 1 trial, truncation 10",
+                     plot_only_help="figures and tables (with several files, curves and table come from "
+                                    "the first file that has them)")
     return p
 
 
@@ -109,17 +92,17 @@ def _evaluate(net: HopfieldNet, corrupted: torch.Tensor, clean: torch.Tensor) ->
 
 def run_curves(images: torch.Tensor, args: argparse.Namespace, progress: bool) -> dict[str, Any]:
     """Fig. 1 and Fig. 2: one network per method from the same initialisation."""
-    corrupted = corrupt(images, args.corrupt, generator=torch.Generator().manual_seed(args.seed))
+    corrupted = corrupt(images, args.corrupt, generator=torch.Generator().manual_seed(args.curve_seed))
     curves: dict[str, Any] = {}
     retrieval: dict[str, list[str]] = {"clean": _bits(images), "corrupted": _bits(corrupted)}
     for method in args.methods:
-        gen = torch.Generator().manual_seed(args.seed)
-        net = HopfieldNet.create(generator=gen, readout_mode=args.readout)
+        gen = torch.Generator().manual_seed(args.curve_seed)
+        net = HopfieldNet.create(generator=gen, readout_mode=args.readout, num_steps=args.inner_steps)
         opt = torch.optim.Adam([net.A], lr=args.lr)
         rec: dict[str, list[Any]] = {"train_loss": [], "val_step": [], "val_loss": [], "val_binary": [],
                                      "spectral_radius": [], "seconds": [], "cpu_seconds": [],
                                      "saturated": []}
-        bar = tqdm(range(args.curve_iterations), desc=f"curves {LABELS[method]}", disable=not progress,
+        bar = tqdm(range(args.curve_iterations), desc=f"curves {label(method)}", disable=not progress,
                    file=sys.stderr)
         for it in bar:
             if it % args.val_every == 0:
@@ -129,7 +112,7 @@ def run_curves(images: torch.Tensor, args: argparse.Namespace, progress: bool) -
                 rec["val_binary"].append(_finite(val_bin))
                 rec["saturated"].append(net.saturated_fraction(images))
             t0, c0 = time.perf_counter(), time.process_time()
-            loss, info = train_step_grad(net, images, method, args.curve_truncation, generator=gen)
+            loss, info = train_step_grad(net, images, method, args.curve_truncate, generator=gen)
             opt.step()
             rec["seconds"].append(time.perf_counter() - t0)
             rec["cpu_seconds"].append(time.process_time() - c0)
@@ -143,30 +126,28 @@ def run_curves(images: torch.Tensor, args: argparse.Namespace, progress: bool) -
         rec["saturated"].append(net.saturated_fraction(images))
         curves[method] = rec
         retrieval[method] = _bits(net.retrieve(corrupted))
-    return {"truncation": args.curve_truncation, "methods": curves, "retrieval": retrieval}
+    return {"truncation": args.curve_truncate, "methods": curves, "retrieval": retrieval}
 
 
 def run_table(images: torch.Tensor, args: argparse.Namespace, progress: bool,
               on_trial: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Table A1: success rate per method (BPTT has no truncation, so it is left out) and truncation.
+    """Table A1: success rate per method and truncation (BPTT, which has no truncation, is left out).
 
-    Trial ``i`` uses seed ``seed + 1 + i`` for the initialisation of ``A`` (and RBP's random start).
-    Corruption plays no part: success is judged on the (clean) training loss.
+    The trial of seed ``s`` initialises ``A`` (and RBP's random start) from ``s``. Corruption plays
+    no part: success is judged on the (clean) training loss.
     """
-    methods = [m for m in args.methods if m != "bptt"]
+    methods = [m for m in args.methods if get_method(m).uses_truncate]
     cells: dict[str, dict[str, Any]] = {
-        m: {str(k): {"initial": [], "final": [], "success": []} for k in args.truncations} for m in methods
+        m: {str(k): {"initial": [], "final": [], "success": []} for k in args.truncate} for m in methods
     }
-    table = {"truncations": args.truncations, "iterations": args.iterations, "trials_requested": args.trials,
-             "cells": cells}
-    total = args.trials * len(methods) * len(args.truncations)
+    table = {"truncations": args.truncate, "iterations": args.iterations, "seeds": args.seeds, "cells": cells}
+    total = len(args.seeds) * len(methods) * len(args.truncate)
     bar = tqdm(total=total, desc="table", disable=not progress, file=sys.stderr)
-    for trial in range(args.trials):
-        seed = args.seed + 1 + trial
+    for seed in args.seeds:
         for method in methods:
-            for k in args.truncations:
+            for k in args.truncate:
                 gen = torch.Generator().manual_seed(seed)
-                net = HopfieldNet.create(generator=gen, readout_mode=args.readout)
+                net = HopfieldNet.create(generator=gen, readout_mode=args.readout, num_steps=args.inner_steps)
                 opt = torch.optim.Adam([net.A], lr=args.lr)
                 losses = []
                 for _ in range(args.iterations):
@@ -180,7 +161,7 @@ def run_table(images: torch.Tensor, args: argparse.Namespace, progress: bool,
                 cell["final"].append(_finite(final))
                 cell["success"].append(bool(math.isfinite(final) and final < 0.5 * initial))
                 bar.update(1)
-                bar.set_postfix(method=method, k=k, trial=trial)
+                bar.set_postfix(method=method, k=k, seed=seed)
         if on_trial is not None:  # partial results survive an interrupted run
             on_trial(table)
     bar.close()
@@ -193,7 +174,7 @@ def success_table(results: dict[str, Any]) -> str:
     if not table:
         return "(no table in these results)"
     methods = list(table["cells"])
-    lines = ["| Truncation | " + " | ".join(LABELS[m] for m in methods) + " |",
+    lines = ["| Truncation | " + " | ".join(label(m) for m in methods) + " |",
              "|---|" + "---|" * len(methods)]
     for k in table["truncations"]:
         row = []
@@ -218,7 +199,7 @@ def curve_summary(results: dict[str, Any]) -> str:
     for m, rec in curves["methods"].items():
         secs = sorted(rec.get("cpu_seconds") or rec["seconds"])
         lines.append(
-            f"| {LABELS[m]} | {fmt(rec['train_loss'][0])} | {fmt(rec['train_loss'][-1])} "
+            f"| {label(m)} | {fmt(rec['train_loss'][0])} | {fmt(rec['train_loss'][-1])} "
             f"| {fmt(rec['val_loss'][-1])} | {fmt(rec['val_binary'][-1])} "
             f"| {secs[len(secs) // 2]:.2f} | {fmt(rec['saturated'][-1], '.0%') if rec.get('saturated') else '-'} |")
     return "\n".join(lines)
@@ -234,9 +215,9 @@ def plot_curves(results: dict[str, Any], path: Path) -> None:
     fig, (ax_tr, ax_va) = plt.subplots(1, 2, figsize=(11, 4))
     for m, rec in curves.items():
         tr = [float("nan") if v is None else v for v in rec["train_loss"]]
-        ax_tr.plot(range(len(tr)), tr, label=LABELS[m])
+        ax_tr.plot(range(len(tr)), tr, label=label(m))
         va = [float("nan") if v is None else v for v in rec["val_loss"]]
-        ax_va.plot(rec["val_step"], va, marker=".", label=LABELS[m])
+        ax_va.plot(rec["val_step"], va, marker=".", label=label(m))
     k = results["curves"]["truncation"]
     for ax, title in ((ax_tr, "training"), (ax_va, "validation (corrupted inputs)")):
         ax.set_yscale("log")
@@ -257,9 +238,9 @@ def plot_retrieval(results: dict[str, Any], path: Path) -> None:
     import numpy as np
 
     ret = results["curves"]["retrieval"]
-    methods = [m for m in METHODS if m in ret]
+    methods = [m for m in method_names() if m in ret]
     columns = ["corrupted", *methods, "clean"]
-    titles = ["corrupted input", *(LABELS[m] for m in methods), "target"]
+    titles = ["corrupted input", *(label(m) for m in methods), "target"]
     n = len(ret["corrupted"])
     fig, axes = plt.subplots(n, len(columns), figsize=(1.3 * len(columns), 1.3 * n), squeeze=False)
     for j, col in enumerate(columns):
@@ -289,9 +270,10 @@ def make_figures(results: dict[str, Any], figdir: Path, prefix: str) -> list[Pat
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.plot_only is not None:
+    plot_paths = plot_only_paths(parser, args)
+    if plot_paths is not None:
         results: dict[str, Any] = {}
-        for path in args.plot_only:
+        for path in plot_paths:
             try:
                 part = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError) as exc:
@@ -301,16 +283,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                     results[key] = part[key]
         return _report(results, args)
     if args.quick:
-        args.trials, args.iterations, args.curve_iterations = 1, 2, 2
-        args.truncations, args.val_every = [10], 2
-        args.curve_truncation = 10
-    for name in ("trials", "iterations", "curve_iterations", "val_every", "curve_truncation"):
-        if getattr(args, name) < 0 or (name in ("val_every", "curve_truncation") and getattr(args, name) < 1):
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.trials > 0 and args.iterations < 1:
-        parser.error("--iterations must be >= 1 when --trials > 0")
-    if max([*args.truncations, args.curve_truncation]) > 50:
-        parser.error("truncations must not exceed the 50 inference steps")
+        args.seeds, args.iterations, args.curve_iterations = args.seeds[:1], 2, 2
+        args.truncate, args.val_every = [10], 2
+        args.curve_truncate = 10
+    for name in ("iterations", "curve_iterations"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    for name in ("inner_steps", "val_every", "curve_truncate"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if "tbptt" in args.methods and max([*args.truncate, args.curve_truncate]) > args.inner_steps:
+        parser.error(f"TBPTT's truncations must not exceed the {args.inner_steps} inference steps (--inner-steps)")
     torch.set_num_threads(1)
     root = args.data_root or default_data_root("mnist")
     try:
@@ -322,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               if k not in ("data_root", "plot_only", "figdir", "out")}
     cli = sys.argv[1:] if argv is None else list(argv)
     results = {"schema_version": SCHEMA_VERSION, "config": config,
-                               "command": "python -m recipes.hopfield.run " + " ".join(cli)}
+               "command": "python -m recipes.hopfield.run " + " ".join(cli)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:
@@ -332,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.curve_iterations > 0:
         results["curves"] = run_curves(images, args, progress)
         save()
-    if args.trials > 0:
+    if args.iterations > 0:
 
         def save_table(table: dict[str, Any]) -> None:
             results["table"] = table

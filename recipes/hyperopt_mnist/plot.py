@@ -1,7 +1,9 @@
 """Figures and tables of the §5.3 runs: meta-loss curves, final losses, cosine to BPTT.
 
-    python -m recipes.hyperopt_mnist.plot --runs runs/hyperopt --checkgrad runs/hyperopt \\
-        --figdir docs/results --summary docs/results/hyperopt_summary.json
+Drawn by ``python -m recipes.hyperopt_mnist.run --plot-only``, e.g.::
+
+    python -m recipes.hyperopt_mnist.run --plot-only --out runs/hyperopt --figdir docs/results \\
+        --summary docs/results/hyperopt_summary.json
 
 Reads the per-run JSON files of :mod:`recipes.hyperopt_mnist.run` (``SETTING/T*_K*/METHOD_seedS.json``)
 and the ``checkgrad_SETTING_T*_K*.json`` files of ``hypergrad check-grad --out``.
@@ -9,24 +11,23 @@ and the ``checkgrad_SETTING_T*_K*.json`` files of ``hypergrad check-grad --out``
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
-from recipes.hyperopt_mnist.run import LABELS
+from hypergrad.methods import method_names
+from recipes._common import label
 
-ORDER = ("bptt", "tbptt", "rbp", "cg", "neumann", "gmres")
+ORDER = method_names()
 _GRID = re.compile(r"T(\d+)_K(\d+)")
 
 
-def load_runs(root: Path) -> dict[tuple[str, int, int], dict[str, list[dict[str, Any]]]]:
-    """``{(setting, T, K): {method: [run, ...]}}`` from a run directory."""
+def load_runs(*roots: Path) -> dict[tuple[str, int, int], dict[str, list[dict[str, Any]]]]:
+    """``{(setting, T, K): {method: [run, ...]}}`` from one or more run directories."""
     out: dict[tuple[str, int, int], dict[str, list[dict[str, Any]]]] = {}
-    for path in sorted(root.glob("*/T*_K*/*_seed*.json")):
+    for path in sorted(p for root in roots for p in root.glob("*/T*_K*/*_seed*.json")):
         m = _GRID.fullmatch(path.parent.name)
         if m is None:
             continue
@@ -82,7 +83,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         ev = f"{r['steps_with_events']}" + (f" ({', '.join(r['events'])})" if r["events"] else "")
         lines.append(
-            f"| {r['setting']} | {r['inner_steps']} | {r['truncate']} | {LABELS[r['method']]} | {len(r['seeds'])} | "
+            f"| {r['setting']} | {r['inner_steps']} | {r['truncate']} | {label(r['method'])} | {len(r['seeds'])} | "
             f"{r['meta_steps']} | {r['initial_meta_loss']:.4f} | {r['final_meta_loss_mean']:.4f} ± "
             f"{r['final_meta_loss_std']:.4f} | "
             f"{r['final_over_initial_mean']:.4f} ± {r['final_over_initial_std']:.4f} | "
@@ -115,7 +116,7 @@ def plot_curves(runs: dict[tuple[str, int, int], dict[str, list[dict[str, Any]]]
                 ax = axes[row][col]
                 mean = [statistics.fmean(c[i] for c in data) for i in range(n)]
                 std = [statistics.stdev(c[i] for c in data) if len(data) > 1 else 0.0 for i in range(n)]
-                line, = ax.plot(range(n), mean, "o-", ms=3, label=f"{LABELS[method]} ({len(rs)} seeds)")
+                line, = ax.plot(range(n), mean, "o-", ms=3, label=f"{label(method)} ({len(rs)} seeds)")
                 ax.fill_between(range(n), [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                                 color=line.get_color(), alpha=0.12)
         for row in range(2):
@@ -136,10 +137,10 @@ def plot_curves(runs: dict[tuple[str, int, int], dict[str, list[dict[str, Any]]]
     return True
 
 
-def load_checkgrad(root: Path) -> list[dict[str, Any]]:
+def load_checkgrad(*roots: Path) -> list[dict[str, Any]]:
     """Rows of the ``checkgrad_SETTING_T*_K*.json`` files written by ``hypergrad check-grad --out``."""
     rows = []
-    for path in sorted(root.glob("checkgrad_*_T*_K*.json")):
+    for path in sorted(p for root in roots for p in root.glob("checkgrad_*_T*_K*.json")):
         m = re.fullmatch(r"checkgrad_(\w+?)_T(\d+)_K(\d+)\.json", path.name)
         if m is None:
             continue
@@ -196,7 +197,7 @@ def plot_cosine(rows: list[dict[str, Any]], path: Path) -> bool:
             hit = [r["cosine_vs_bptt"] for r in rows if (r["setting"], r["inner_steps"], r["truncate"]) == g
                    and r["method"] == m]
             vals.append(hit[0] if hit else float("nan"))
-        ax.bar([i + j * width for i in range(len(groups))], vals, width, label=LABELS[m])
+        ax.bar([i + j * width for i in range(len(groups))], vals, width, label=label(m))
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))])
     ax.set_xticklabels([f"{s}\nT={t}, K={k}" for s, t, k in groups], fontsize=8)
     ax.axhline(0, color="k", lw=0.5)
@@ -211,47 +212,26 @@ def plot_cosine(rows: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m recipes.hyperopt_mnist.plot", description=__doc__.split("\n")[0])
-    p.add_argument("--runs", type=Path, default=Path("runs/hyperopt"))
-    p.add_argument("--checkgrad", type=Path, default=None, help="folder with checkgrad_*.json (default: --runs)")
-    p.add_argument("--figdir", type=Path, default=Path("docs/results"))
-    p.add_argument("--summary", type=Path, default=None, help="JSON with the table rows")
-    p.add_argument("--checkgrad-stdout", type=Path, default=None,
-                   help="saved output of one or more `hypergrad check-grad` runs (instead of their --out JSON)")
-    p.add_argument("--checkgrad-settings", default="",
-                   help="comma list naming the setting (paper/default) of each table in --checkgrad-stdout")
-    args = p.parse_args(argv)
-    runs = load_runs(args.runs)
-    if not runs:
-        p.error(f"no runs under {args.runs}")
+def report(runs: dict[tuple[str, int, int], dict[str, list[dict[str, Any]]]], cos: list[dict[str, Any]],
+           figdir: Path | None, summary: Path | None) -> str:
+    """The figures (with ``figdir``), the summary JSON (with ``summary``) and the markdown tables."""
     rows = summarize(runs)
-    for setting in sorted({k[0] for k in runs}):
-        plot_curves(runs, setting, args.figdir / f"hyperopt_{setting}.png")
-    cos = load_checkgrad(args.checkgrad or args.runs)
-    if args.checkgrad_stdout is not None:
-        try:
-            cos += parse_checkgrad_stdout(args.checkgrad_stdout.read_text(),
-                                          [s for s in args.checkgrad_settings.split(",") if s])
-        except (OSError, ValueError) as exc:
-            p.error(str(exc))
+    if figdir is not None:
+        for setting in sorted({k[0] for k in runs}):
+            plot_curves(runs, setting, figdir / f"hyperopt_{setting}.png")
+        if cos:
+            plot_cosine(cos, figdir / "hyperopt_cosine.png")
+    text = markdown(rows)
     if cos:
-        plot_cosine(cos, args.figdir / "hyperopt_cosine.png")
-    table = markdown(rows)
-    print(table)
-    if cos:
-        print("\n| setting | T | K | method | cosine vs BPTT | rel. error vs BPTT | norm | seconds |\n"
-              "|---|---|---|---|---|---|---|---|")
+        text += ("\n\n| setting | T | K | method | cosine vs BPTT | rel. error vs BPTT | norm | seconds |\n"
+                 "|---|---|---|---|---|---|---|---|")
         for r in cos:
-            print(f"| {r['setting']} | {r['inner_steps']} | {r['truncate']} | {LABELS[r['method']]} | "
-                  f"{r['cosine_vs_bptt']:.3f} | {r['rel_error_vs_bptt']:.3f} | {r['norm']:.4g} | {r['seconds']:.1f} |")
-    if args.summary is not None:
-        args.summary.parent.mkdir(parents=True, exist_ok=True)
+            text += (f"\n| {r['setting']} | {r['inner_steps']} | {r['truncate']} | {label(r['method'])} | "
+                     f"{r['cosine_vs_bptt']:.3f} | {r['rel_error_vs_bptt']:.3f} | {r['norm']:.4g} "
+                     f"| {r['seconds']:.1f} |")
+    if summary is not None:
+        summary.parent.mkdir(parents=True, exist_ok=True)
         curves = {f"{st}/T{t}_K{k}/{m}": {str(r["job"]["seed"]): [h["meta_loss"] for h in r["history"]] for r in rs}
                   for (st, t, k), by_m in sorted(runs.items()) for m, rs in by_m.items()}
-        args.summary.write_text(json.dumps({"runs": rows, "check_grad": cos, "meta_loss_curves": curves}, indent=1))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        summary.write_text(json.dumps({"runs": rows, "check_grad": cos, "meta_loss_curves": curves}, indent=1))
+    return text
