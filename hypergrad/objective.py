@@ -190,7 +190,7 @@ class MetaObjective:
         n = problem.num_tensors
         start = time.perf_counter()
         timing: dict[str, float] = {}
-        k = cfg.inner_steps if method == "bptt" else cfg.truncate
+        k = cfg.truncate if get_method(method).uses_truncate else cfg.inner_steps  # TBPTT: K; BPTT: all T
         tail = iter(batches[cfg.inner_steps - k :])  # the steps differentiated through
 
         def step(state: Tree, p: Tree) -> Tree:
