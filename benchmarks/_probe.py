@@ -42,8 +42,8 @@ def sgd_train(problem: Any, batches: torch.Tensor, lr: float = math.exp(-1), mom
         for p, w in zip(model.parameters(), problem.w0):
             p.copy_(w)
     opt = torch.optim.SGD(model.parameters(), lr=lr * (1 - mom), momentum=mom)
-    for idx in batches:
-        loss = F.cross_entropy(model(problem.x_train[idx]), problem.y_train[idx])
+    for x, y in batches:  # (x, y) minibatches, e.g. MetaObjective.batches(salt)
+        loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -98,14 +98,14 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             sgd_train(problem, batches)
 
         def step(salt: int) -> tuple[float, float]:
-            b = tuner.batches(salt)
+            b = tuner.objective.batches(salt)
             _sync(device)
             t0 = time.perf_counter()
             once(b)
             _sync(device)
             return time.perf_counter() - t0, float("nan")
 
-        once(tuner.batches(0)[:warm_t])
+        once(tuner.objective.batches(0)[:warm_t])
     else:
         warm = Tuner(problem, dataclasses.replace(cfg, inner_steps=warm_t))
         warm.meta_step()
@@ -118,7 +118,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             _sync(device)
             t1 = time.perf_counter()
             # the phase after the T inner steps (Tuner records how long the inner steps took)
-            inner = record.get("inner_seconds")
+            inner = record.inner_seconds
             return t1 - t0, (t1 - t0 - inner) if inner is not None else float("nan")
 
     _sync(device)
@@ -141,8 +141,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     history = getattr(tuner, "history", None) if method != "sgd" else None
     if history:  # solver iterations actually run (Neumann stops early on a growing term by default)
-        its = [h["solver"].get("iterations") for h in history if h.get("solver")]
-        extra["solver_iterations"] = [i for i in its if i is not None]
+        its = [h.solver.iterations for h in history if h.solver is not None and h.solver.skipped is None]
+        extra["solver_iterations"] = [i for i in its if math.isfinite(i)]
     if device != "cpu":  # on a GPU the memory that matters is the device's, from the caching allocator
         extra = {"gpu_peak_mib": (gpu_peak - gpu_base) / 2**20, "gpu_total_peak_mib": gpu_peak / 2**20,
                  "gpu_name": torch.cuda.get_device_name()}

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     problem, _ = build_problem(RunConfig(dataset=args.dataset, data_root=args.data_root), cfg)
     tuner = Tuner(problem, cfg)
     hp = tuner.hparams
-    batches = tuner.batches(0)
+    batches = tuner.objective.batches(0).rows  # rows of indices, as the prototype indexes them
     ref = problem.train(hp, batches)
     new = fast_train(problem, hp, batches)
     new_is = fast_train(problem, hp, batches, index_select=True)
@@ -90,11 +90,11 @@ def main(argv: list[str] | None = None) -> int:
                                      "neumann_k10_meta_step": []}
     tuner.meta_step()  # warm-up of the whole meta step (Neumann-RBP, K=10, the tuner's defaults)
     for r in range(args.reps):
-        b = tuner.batches(r + 1)
+        b = tuner.objective.batches(r + 1).rows
         for name, fn in (("library_train", lambda b=b: problem.train(hp, b)),
                          ("prototype_in_place", lambda b=b: fast_train(problem, hp, b)),
                          ("prototype_in_place_index_select", lambda b=b: fast_train(problem, hp, b, True)),
-                         ("torch_optim_sgd", lambda b=b: sgd_train(problem, b)),
+                         ("torch_optim_sgd", lambda r=r: sgd_train(problem, tuner.objective.batches(r + 1))),
                          ("neumann_k10_meta_step", tuner.meta_step)):
             t0 = time.perf_counter()
             fn()

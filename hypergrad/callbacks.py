@@ -1,6 +1,7 @@
-"""Observers of a tuning run: TensorBoard logging and a progress bar.
+"""Observers of a tuning run: the :class:`Callback` base class, TensorBoard logging, a progress bar, a logger.
 
-The tuner reports to callbacks; it never prints. Scalars written by
+The tuner reports to callbacks; it never prints. A callback subclasses :class:`Callback`
+and overrides the hooks it needs (the others do nothing). Scalars written by
 :class:`TensorBoardLogger` (through ``torch.utils.tensorboard``):
 
 ``meta/val_loss``, ``meta/train_loss``, ``meta/loss``, ``hyper/lr/<tensor>``,
@@ -12,22 +13,54 @@ The tuner reports to callbacks; it never prints. Scalars written by
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from hypergrad.tuner import Tuner, TuneResult
+from hypergrad._imports import optional_import
+from hypergrad.config import TuneConfig
+from hypergrad.records import MetaStepRecord, TuneResult
 
-__all__ = ["LoggingCallback", "ProgressBar", "TensorBoardLogger"]
+__all__ = ["Callback", "LoggingCallback", "ProgressBar", "TensorBoardLogger", "TuningRun"]
 
 logger = logging.getLogger("hypergrad")
+
+
+class TuningRun(Protocol):
+    """What a callback reads of the run it observes (a :class:`hypergrad.Tuner` is one)."""
+
+    @property
+    def config(self) -> TuneConfig: ...
+
+    @property
+    def step_count(self) -> int: ...
+
+    @property
+    def best_loss(self) -> float: ...
+
+    @property
+    def history(self) -> Sequence[MetaStepRecord]: ...
+
+
+class Callback:
+    """Observer of a tuning run; every hook does nothing unless overridden."""
+
+    def on_start(self, tuner: TuningRun) -> None:
+        """Before the first step of :meth:`hypergrad.Tuner.run` (also of a resumed run)."""
+
+    def on_meta_step(self, tuner: TuningRun, record: MetaStepRecord) -> None:
+        """After each completed step (a step that raised :class:`hypergrad.divergence.DivergenceError` is not)."""
+
+    def on_end(self, tuner: TuningRun, result: TuneResult) -> None:
+        """After the final evaluation, with the result."""
 
 
 def _tag(name: str) -> str:
     return name.replace("/", "_")
 
 
-class TensorBoardLogger:
+class TensorBoardLogger(Callback):
     """Write a run's scalars to ``logdir`` (one event file per run).
 
     Args:
@@ -36,40 +69,41 @@ class TensorBoardLogger:
     """
 
     def __init__(self, logdir: str | Path, *, global_step_offset: int = 0) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+        tensorboard = optional_import("torch.utils.tensorboard", "tensorboard", purpose="TensorBoardLogger")
 
         self.logdir = Path(logdir)
-        self.writer = SummaryWriter(log_dir=str(self.logdir), purge_step=global_step_offset or None)
+        self.writer = tensorboard.SummaryWriter(log_dir=str(self.logdir), purge_step=global_step_offset or None)
 
-    def on_start(self, tuner: Tuner) -> None:
+    def on_start(self, tuner: TuningRun) -> None:
         self.writer.add_text("config", str(tuner.config.to_dict()), tuner.step_count)
 
-    def on_meta_step(self, tuner: Tuner, record: dict[str, Any]) -> None:
-        step = record["step"]
+    def on_meta_step(self, tuner: TuningRun, record: MetaStepRecord) -> None:
+        step = record.step
         w = self.writer
 
         def scalar(tag: str, value: Any) -> None:
-            if isinstance(value, (int, float)) and value is not None:
+            if isinstance(value, (int, float)) and math.isfinite(value):
                 w.add_scalar(tag, float(value), step)
 
-        scalar("meta/val_loss", record["val_loss"])
-        scalar("meta/train_loss", record["train_loss"])
-        scalar("meta/loss", record["meta_loss"])
-        scalar("meta/lr", record["meta_lr"])
-        scalar("hypergrad/norm", record["hypergrad_norm"])
-        scalar("hypergrad/spread", record["hypergrad_spread"])
-        solver = record.get("solver") or {}
-        scalar("solver/residual", solver.get("residual"))
-        scalar("solver/iterations", solver.get("iterations"))
-        scalar("solver/spectral_radius", solver.get("spectral_radius"))
-        scalar("time/seconds_per_meta_step", record["seconds"])
-        for name, hp in record["hyperparameters"].items():
+        scalar("meta/val_loss", record.val_loss)
+        scalar("meta/train_loss", record.train_loss)
+        scalar("meta/loss", record.meta_loss)
+        scalar("meta/lr", record.meta_lr)
+        scalar("hypergrad/norm", record.hypergrad_norm)
+        scalar("hypergrad/spread", record.hypergrad_spread)
+        solver = record.solver
+        if solver is not None and solver.skipped is None:
+            scalar("solver/residual", solver.residual)
+            scalar("solver/iterations", solver.iterations)
+            scalar("solver/spectral_radius", solver.spectral_radius)
+        scalar("time/seconds_per_meta_step", record.seconds)
+        for name, hp in record.hyperparameters.items():
             for key, value in hp.items():
                 kind = "lr" if key.startswith("lr") else "momentum"
                 scalar(f"hyper/{kind}/{_tag(name)}", value)
         w.flush()
 
-    def on_end(self, tuner: Tuner, result: TuneResult) -> None:
+    def on_end(self, tuner: TuningRun, result: TuneResult) -> None:
         cfg = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in result.config.to_dict().items()}
         metrics = {f"hparam/{split}_{k}": v for split, ev in result.evaluation.items() for k, v in ev.items()}
         self.writer.add_hparams(cfg, metrics, run_name=".")
@@ -77,7 +111,7 @@ class TensorBoardLogger:
         self.writer.close()
 
 
-class ProgressBar:
+class ProgressBar(Callback):
     """A tqdm bar over meta steps showing the current and best validation loss."""
 
     def __init__(self, *, disable: bool | None = None, desc: str = "meta steps") -> None:
@@ -85,7 +119,7 @@ class ProgressBar:
         self.desc = desc
         self.bar: Any = None
 
-    def on_start(self, tuner: Tuner) -> None:
+    def on_start(self, tuner: TuningRun) -> None:
         from tqdm.auto import tqdm
 
         self.bar = tqdm(
@@ -93,10 +127,10 @@ class ProgressBar:
             dynamic_ncols=True,
         )
 
-    def on_meta_step(self, tuner: Tuner, record: dict[str, Any]) -> None:
+    def on_meta_step(self, tuner: TuningRun, record: MetaStepRecord) -> None:
         if self.bar is None:
             return
-        val = record["val_loss"]
+        val = record.val_loss
         self.bar.set_postfix(
             val_loss=f"{val:.4f}" if val is not None else "nan",
             best=f"{tuner.best_loss:.4f}",
@@ -104,12 +138,12 @@ class ProgressBar:
         )
         self.bar.update(1)
 
-    def on_end(self, tuner: Tuner, result: TuneResult) -> None:
+    def on_end(self, tuner: TuningRun, result: TuneResult) -> None:
         if self.bar is not None:
             self.bar.close()
 
 
-class LoggingCallback:
+class LoggingCallback(Callback):
     r"""Log divergence events and actions through the ``hypergrad`` logger.
 
     Also warns, once per run, when every Neumann series of a meta step stopped before its
@@ -121,22 +155,22 @@ class LoggingCallback:
     def __init__(self) -> None:
         self._warned_zero_terms = False
 
-    def on_meta_step(self, tuner: Tuner, record: dict[str, Any]) -> None:
-        if record["events"]:
-            logger.warning(
-                "meta step %d: %s -> %s", record["step"], ", ".join(record["events"]), record["action"]
-            )
-        solver = record.get("solver") or {}
+    def on_meta_step(self, tuner: TuningRun, record: MetaStepRecord) -> None:
+        if record.events:
+            logger.warning("meta step %d: %s -> %s", record.step, ", ".join(record.events), record.action)
+        solver = record.solver
         if (
             not self._warned_zero_terms
-            and solver.get("method") == "neumann"
-            and "growth" in solver.get("stop_reasons", ())
-            and solver.get("iterations") == 0
+            and solver is not None
+            and solver.skipped is None
+            and solver.method == "neumann"
+            and "growth" in solver.stop_reasons
+            and solver.iterations == 0
         ):
             self._warned_zero_terms = True
             logger.warning(
                 "meta step %d: every Neumann series stopped before its first term (a growing term; spectral "
                 "radius estimate %.4g), so the hypergradient is the direct term only. Smaller learning rates, "
                 "fewer inner steps, stop_on_growth=false or method='cg' avoid this (logged once per run)",
-                record["step"], solver.get("spectral_radius", float("nan")),
+                record.step, solver.spectral_radius,
             )

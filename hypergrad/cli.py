@@ -192,7 +192,7 @@ def cmd_check_grad(args: argparse.Namespace) -> int:
     import torch
 
     from hypergrad._tree import tree_dot, tree_norm
-    from hypergrad.tuner import Tuner
+    from hypergrad.objective import MetaObjective
     from hypergrad.workloads import build_problem
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -206,10 +206,11 @@ def cmd_check_grad(args: argparse.Namespace) -> int:
     rows = []
     ref = None
     for m in ["bptt", *[m for m in methods if m != "bptt"]]:
-        tuner = Tuner(problem, cfg.__class__(**{**cfg.to_dict(), "method": m}))
+        objective = MetaObjective(problem, cfg.__class__(**{**cfg.to_dict(), "method": m}))
         t0 = time.perf_counter()
-        grad, _, loss, stats = tuner.hypergradient(tuner.hparams, tuner.batches(0), m, salt=0)
+        result = objective.hypergradient(objective.initial_hparams(), 0, method=m)
         seconds = time.perf_counter() - t0
+        grad, loss = result.grad, result.meta_loss
         if ref is None:
             ref = grad
         cos = float(tree_dot(grad, ref)) / max(tree_norm(grad) * tree_norm(ref), 1e-300)
@@ -222,7 +223,7 @@ def cmd_check_grad(args: argparse.Namespace) -> int:
                 "norm": tree_norm(grad),
                 "seconds": seconds,
                 "meta_loss": float(loss),
-                "solver": stats.get("solver"),
+                "solver": result.solver.to_dict() if result.solver is not None else None,
                 "grad": [g.tolist() for g in grad],
             }
         )

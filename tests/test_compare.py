@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from hypergrad import TuneConfig, Tuner
-from hypergrad.baselines import meta_objective, to_hparams
+from hypergrad.baselines import to_hparams
 from hypergrad.cli import add_compare_arguments, cmd_compare
 from hypergrad.compare import (
     OptunaSettings,
@@ -28,6 +28,7 @@ from hypergrad.compare import (
     sgd_evaluate,
 )
 from hypergrad.data import Split
+from hypergrad.objective import MetaObjective
 from tests.test_baselines import tiny_problem
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -74,12 +75,12 @@ def test_gradient_method_spends_one_inner_training_per_meta_step():
     assert trace.cost == [1, 2, 3, 4, 5]
     # The same meta steps, run directly: the trace is the tuner's recorded validation losses.
     tuner = Tuner(problem, dataclasses.replace(CFG, meta_steps=5))
-    losses = [tuner.meta_step()["val_loss"] for _ in range(5)]
+    losses = [tuner.meta_step().val_loss for _ in range(5)]
     assert trace.meta_loss == pytest.approx(losses, rel=1e-6)
     assert trace.best_so_far[-1] == pytest.approx(min(losses))
     assert all(b >= a for a, b in zip(trace.seconds, trace.seconds[1:]))
     best = trace.best
-    assert meta_objective(tuner, best, losses.index(min(losses))) == pytest.approx(min(losses), rel=1e-6)
+    assert tuner.objective.value(best, losses.index(min(losses))) == pytest.approx(min(losses), rel=1e-6)
 
 
 def test_optuna_method_spends_one_inner_training_per_trial():
@@ -88,9 +89,8 @@ def test_optuna_method_spends_one_inner_training_per_trial():
     assert trace.cost == [1, 2, 3, 4] and trace.phase == ["random"] * 4
     info = trace.info["random"]
     assert info["trials"] == 4 and info["trials_in_study"] == 4
-    tuner = Tuner(problem, CFG)
     best_value = min(v for v in trace.meta_loss if v is not None)
-    assert meta_objective(tuner, trace.best, info["best_trial"]) == pytest.approx(best_value, rel=1e-5)
+    assert MetaObjective(problem, CFG).value(trace.best, info["best_trial"]) == pytest.approx(best_value, rel=1e-5)
 
 
 def test_hybrid_refines_tpes_best_for_the_rest_of_the_budget():
@@ -100,7 +100,7 @@ def test_hybrid_refines_tpes_best_for_the_rest_of_the_budget():
     assert trace.phase == ["tpe"] * 3 + ["bptt"] * 7
     tpe_best = to_hparams(problem.spec, trace.info["tpe"]["best_params"])
     # The first refinement step evaluates TPE's best on the next batches (salt 3, none reused).
-    assert trace.meta_loss[3] == pytest.approx(meta_objective(Tuner(problem, CFG), tpe_best, 3), rel=1e-5)
+    assert trace.meta_loss[3] == pytest.approx(MetaObjective(problem, CFG).value(tpe_best, 3), rel=1e-5)
     assert trace.info["bptt"]["first_step"] == 3 and trace.info["bptt"]["meta_steps"] == 7
     # Best so far never worse than TPE's part, and seconds keep growing across the phases.
     assert trace.best_so_far[-1] <= min(v for v in trace.meta_loss[:3] if v is not None)
@@ -109,10 +109,10 @@ def test_hybrid_refines_tpes_best_for_the_rest_of_the_budget():
 
 def test_sgd_export_retrains_to_the_tuners_own_result():
     problem = tiny_problem()
-    tuner = Tuner(problem, CFG)
-    hp = tuple(h.detach() for h in tuner.spec.init(0.2, 0.7))
-    sgd = sgd_evaluate(problem, tiny_split(problem), problem.spec, hp, tuner.batches(-1))
-    ev = tuner.evaluate(hp, salt=-1)
+    objective = MetaObjective(problem, CFG)
+    hp = tuple(h.detach() for h in objective.spec.init(0.2, 0.7))
+    sgd = sgd_evaluate(problem, tiny_split(problem), problem.spec, hp, objective.batches(-1))
+    ev = objective.evaluate(hp, salt=-1)
     assert sgd["val_loss"] == pytest.approx(ev["val_loss"], rel=1e-4)
     assert sgd["val_accuracy"] == pytest.approx(ev["val_accuracy"])
     assert all(torch.equal(a, b) for a, b in zip(problem.w0, [p.detach() for p in problem.model.parameters()]))

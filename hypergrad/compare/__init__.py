@@ -20,7 +20,7 @@ charged in the same currency:
 After the search, each method's best hyperparameters are exported with
 :func:`hypergrad.to_sgd_param_groups` and a fresh copy of the model is trained
 with ``torch.optim.SGD`` from :math:`w_0` over the same ``T`` batches (salt -1,
-those of :meth:`Tuner.evaluate`) to report test accuracy (paper §5.3). This
+those of :meth:`MetaObjective.evaluate`) to report test accuracy (paper §5.3). This
 extra training is the same for every method and is not charged to the budget.
 
 Outputs: ``compare.json`` (schema in :func:`compare`), a markdown table
@@ -54,7 +54,7 @@ from hypergrad.config import TuneConfig
 from hypergrad.data import Split
 from hypergrad.hyperparams import to_sgd_param_groups
 from hypergrad.inner import InnerProblem
-from hypergrad.tuner import Tuner
+from hypergrad.objective import MetaObjective
 
 __all__ = [
     "BUDGET_ACCOUNTING",
@@ -81,12 +81,8 @@ __all__ = [
 
 
 def _evaluation_batches(problem: InnerProblem, cfg: TuneConfig) -> Any:
-    """The ``T`` minibatches of :meth:`Tuner.evaluate` (salt -1), the same for every method.
-
-    TODO(tuner): take them from the meta objective (``MetaObjective``) once it is on main, instead
-    of building a whole Tuner for its batch schedule.
-    """
-    return Tuner(problem, cfg).batches(-1)
+    """The ``T`` minibatches of :meth:`MetaObjective.evaluate` (salt -1), the same for every method."""
+    return MetaObjective(problem, cfg).batches(-1)
 
 
 def compare(

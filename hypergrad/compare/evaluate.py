@@ -3,7 +3,8 @@ r"""What users get: the best hyperparameters, exported to ``torch.optim.SGD``, r
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -16,20 +17,21 @@ __all__ = ["sgd_evaluate"]
 
 
 def sgd_evaluate(
-    problem: InnerProblem, split: Split, spec: HyperSpec, hparams: Sequence[Tensor], batches: Sequence[Tensor] | Tensor
+    problem: InnerProblem, split: Split, spec: HyperSpec, hparams: Sequence[Tensor], batches: Iterable[Any]
 ) -> dict[str, float | None]:
     """Train a fresh copy of the model from :math:`w_0` with ``torch.optim.SGD`` and the exported groups.
 
-    Runs over ``batches`` (rows of training indices, ``T`` of them) and reports
-    validation/test loss and accuracy of the result (``None`` where non-finite).
+    Runs over ``batches`` (``T`` training minibatches ``(x, y)``, e.g.
+    :meth:`hypergrad.objective.MetaObjective.batches`) and reports validation/test loss and
+    accuracy of the result (``None`` where non-finite).
     """
     model = problem.fresh_model()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(to_sgd_param_groups(spec, hparams, params))
     model.train()
-    for idx in batches:
+    for x, y in batches:
         opt.zero_grad(set_to_none=True)
-        loss = problem.loss_fn(model(problem.x_train[idx]), problem.y_train[idx])
+        loss = problem.loss_fn(model(*x) if isinstance(x, tuple) else model(x), y)
         loss.backward()
         opt.step()
     model.eval()

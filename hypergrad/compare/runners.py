@@ -11,11 +11,10 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from hypergrad._imports import optional_import
@@ -33,6 +32,7 @@ from hypergrad.compare.methods import HYBRID_PREFIX
 from hypergrad.compare.trace import Trace, best_at
 from hypergrad.config import TuneConfig, method_names
 from hypergrad.inner import InnerProblem
+from hypergrad.objective import MetaObjective
 from hypergrad.tuner import Tuner
 
 __all__ = ["OptunaSettings", "run_gradient", "run_hybrid", "run_optuna"]
@@ -40,21 +40,6 @@ __all__ = ["OptunaSettings", "run_gradient", "run_hybrid", "run_optuna"]
 
 def _tuner(problem: InnerProblem, cfg: TuneConfig, method: str, budget: int) -> Tuner:
     return Tuner(problem, dataclasses.replace(cfg, method=method, meta_steps=budget))
-
-
-def _warm_start(tuner: Tuner, hparams: Sequence[Tensor], *, best_loss: float, step: int) -> None:
-    """Start ``tuner`` from ``hparams`` (its best so far, with ``best_loss``) at meta step ``step``.
-
-    TODO(tuner): this writes the Tuner's state; replace the body by
-    ``tuner.warm_start(hparams, best_loss=best_loss, step=step)`` once ``Tuner.warm_start`` is on main.
-    """
-    with torch.no_grad():
-        for h, s in zip(tuner.hparams, hparams):
-            h.copy_(s)
-    tuner.best = tuple(h.detach().clone() for h in hparams)
-    tuner.best_loss = best_loss
-    tuner.step_count = step
-    tuner.best_step = step
 
 
 def run_gradient(
@@ -78,21 +63,21 @@ def run_gradient(
     spent = trace.cost[-1] if trace.cost else 0.0
     if start is not None:
         hparams, best_loss = start
-        _warm_start(tuner, hparams, best_loss=best_loss, step=math.ceil(spent - 1e-9))
+        tuner.warm_start(hparams, best_loss=best_loss, step=math.ceil(spent - 1e-9))
     t0 = time.perf_counter()
     while spent < budget - 1e-9:
         record = tuner.meta_step()
         spent += 1.0
-        trace.add(1.0, offset_seconds + time.perf_counter() - t0, record["val_loss"], method)
+        trace.add(1.0, offset_seconds + time.perf_counter() - t0, record.val_loss, method)
         if on_point is not None:
             on_point(trace)
     trace.best = tuple(b.clone() for b in tuner.best)
     trace.info[method] = {
         "meta_steps": len(tuner.history),
-        "first_step": tuner.history[0]["step"] if tuner.history else None,
+        "first_step": tuner.history[0].step if tuner.history else None,
         "best_step": tuner.best_step,
-        "events": sorted({e for r in tuner.history for e in r["events"]}),
-        "actions": {a: sum(r["action"] == a for r in tuner.history) for a in {r["action"] for r in tuner.history}},
+        "events": sorted({e for r in tuner.history for e in r.events}),
+        "actions": {a: sum(r.action == a for r in tuner.history) for a in {r.action for r in tuner.history}},
     }
     return trace
 
@@ -135,12 +120,11 @@ def run_optuna(
     optuna = optional_import("optuna", "optuna", purpose="the Optuna samplers of hypergrad compare")
     method = method or sampler
     trace = trace if trace is not None else Trace(method, cfg.seed)
-    tuner = _tuner(problem, cfg, cfg.method, max(math.ceil(budget), 1))
     pruner_name = settings.pruner
     every = None
     if pruner_name != "none":
         every = settings.prune_every or max(cfg.inner_steps // 10, 1)
-    objective = OptunaObjective(tuner, settings.space, report_every=every)
+    objective = OptunaObjective(MetaObjective(problem, cfg), settings.space, report_every=every)
     study = create_or_load_study(
         storage=settings.storage,
         study_name=f"{settings.study_name}.{method}.seed{cfg.seed}",
