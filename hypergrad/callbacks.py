@@ -112,7 +112,12 @@ class TensorBoardLogger(Callback):
 
 
 class ProgressBar(Callback):
-    """A tqdm bar over meta steps showing the current and best validation loss."""
+    """A tqdm bar over meta steps showing the current and best validation loss.
+
+    At the end the bar shows the result's best validation loss, that of the final evaluation
+    (:func:`hypergrad.strategies.final_evaluation`: the initial, best and final hyperparameters
+    on one identical inner run), so the bar's last ``best`` is the number the summary prints.
+    """
 
     def __init__(self, *, disable: bool | None = None, desc: str = "meta steps") -> None:
         self.disable = disable
@@ -139,8 +144,15 @@ class ProgressBar(Callback):
         self.bar.update(1)
 
     def on_end(self, tuner: TuningRun, result: TuneResult) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        if self.bar is None:
+            return
+        best = result.evaluation.get("best", {}).get("val_loss")
+        if best is not None:
+            self.bar.set_description(f"{self.desc} + final evaluation", refresh=False)
+            self.bar.set_postfix(best=f"{best:.4f}" if math.isfinite(best) else "nan", refresh=False)
+            self.bar.refresh()
+        self.bar.close()
+        self.bar = None
 
 
 class LoggingCallback(Callback):

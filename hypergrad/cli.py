@@ -89,6 +89,19 @@ def _collect(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+def column_format(values: list[float], digits: int = 4) -> str:
+    """One format spec for a whole column: fixed ``digits`` decimals, or scientific if a value needs it.
+
+    Fixed decimals are used when every value is 0 or at least ``10**-(digits-1)`` in size
+    (so each keeps ``digits`` significant digits or more) and below ``1e6``; otherwise the
+    whole column is written as ``.{digits-1}e``.
+    """
+    finite = [abs(v) for v in values if v == v and abs(v) != float("inf")]
+    if all(v == 0 or 10.0 ** -(digits - 1) <= v < 1e6 for v in finite):
+        return f".{digits}f"
+    return f".{digits - 1}e"
+
+
 # ---------------------------------------------------------------------- tune
 def cmd_tune(args: argparse.Namespace) -> int:
     from hypergrad.callbacks import LoggingCallback, ProgressBar, TensorBoardLogger
@@ -178,8 +191,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"test accuracy:   {ev['initial']['test_accuracy']:.4f} -> {ev['best']['test_accuracy']:.4f}")
     if problem.spec.per != "element":
         print("torch.optim.SGD param groups (lr = alpha*(1-beta), momentum = beta, dampening = 0):")
-        for g in result.param_groups():
-            print(f"  {g['name']:<12} lr={g['lr']:.5g}  momentum={g['momentum']:.4f}")
+        groups = result.param_groups()
+        lr_fmt = column_format([g["lr"] for g in groups])
+        width = max(len(g["name"]) for g in groups)
+        for g in groups:
+            print(f"  {g['name']:<{width}}  lr={g['lr']:{lr_fmt}}  momentum={g['momentum']:.4f}")
     if out:
         print(f"results: {out}")
     if logdir is not None:

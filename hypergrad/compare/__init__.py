@@ -39,6 +39,7 @@ The package, by role: :mod:`~hypergrad.compare.methods` (the ``--methods`` list)
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -134,10 +135,10 @@ def compare(
             scfg = dataclasses.replace(cfg, seed=seed)
             for m in methods:
                 bar.set_description(f"{m} seed {seed}")
-                done = [0.0]
+                done = [0]  # whole inner trainings shown (a pruned trial's fraction waits for the next)
 
-                def on_point(trace: Trace, done: list[float] = done) -> None:
-                    spent = trace.cost[-1]
+                def on_point(trace: Trace, done: list[int] = done) -> None:
+                    spent = min(math.floor(trace.cost[-1] + 1e-9), budget)
                     bar.update(spent - done[0])
                     done[0] = spent
                     best = trace.best_so_far[-1]
@@ -151,7 +152,7 @@ def compare(
                 else:
                     trace = run_hybrid(problem, scfg, m, budget, settings, split=hybrid_split, run_key=run_key,
                                        on_point=on_point)
-                bar.update(max(budget - done[0], 0.0))
+                bar.update(max(budget - done[0], 0))
                 assert trace.best is not None
                 sgd = sgd_evaluate(problem, split, problem.spec, trace.best, _evaluation_batches(problem, scfg))
                 runs.append({
