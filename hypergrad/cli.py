@@ -71,7 +71,8 @@ def _add_tune_flags(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group("output")
     add_config_flags(o, RunConfig, groups=["output"])
     o.add_argument("--resume", default=None, metavar="DIR", help="continue the run checkpointed in DIR")
-    o.add_argument("--overwrite", action="store_true", help="start afresh even if --logdir has a checkpoint")
+    o.add_argument("--overwrite", action="store_true",
+                   help="start afresh even if --logdir has a checkpoint (its TensorBoard event files are removed)")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
     d = p.add_argument_group("distributed (under torchrun)")
     d.add_argument(
@@ -136,6 +137,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
             f"{str(logdir)!r} already holds a checkpoint; continue it with --resume {logdir}, "
             "or pass --overwrite / another --logdir"
         )
+    if logdir is not None and state is None and args.overwrite and main_rank and logdir.is_dir():
+        for old in logdir.glob("events.out.tfevents.*"):  # the old run's curves would overlay the new one's
+            old.unlink()
     if logdir is not None and state is None and parallel is not None:
         parallel.barrier()  # every rank checks the folder before rank 0 writes to it
     problem, split = build_problem(run, cfg, parallel=parallel)
@@ -148,7 +152,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if state is not None:
         tuner.load_state_dict(state["tuner"])
     if logdir is not None and main_rank:
-        tuner.callbacks.append(TensorBoardLogger(logdir, global_step_offset=tuner.step_count))
+        tuner.callbacks.append(TensorBoardLogger(logdir, global_step_offset=tuner.step_count, dataset=run.dataset))
     saved_values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
 
     def checkpoint(t: Tuner) -> None:
