@@ -172,7 +172,7 @@ class OptunaObjective:
     ``s`` inner steps (``trial.report``) and the trial is pruned when the study's
     pruner says so. Each trial's cost in inner trainings (``steps run / T``) is
     stored in the user attribute ``"cost"``, beside ``"method"`` (the sampler's name,
-    ``method``), ``"kind"`` (``"sampler"``) and ``"seconds"`` (wall seconds of the trial), the
+    ``method``), ``"kind"`` (``"sampler"``) and ``"seconds"`` (wall seconds of its inner training), the
     attributes :class:`hypergrad.studies.StudyRecorder` gives hypergrad's own trials.
     """
 
@@ -215,10 +215,10 @@ class OptunaObjective:
     def __call__(self, trial: Any) -> float:
         optuna = _optuna()
 
-        t0 = time.perf_counter()
         trial.set_user_attr("method", self.method)
         trial.set_user_attr("kind", "sampler")
         params = self.space.suggest(trial, self.objective.spec)
+        t0 = time.perf_counter()  # seconds: the inner training, not the sampler's or the storage's time
         hparams = self.hparams(params)
         problem = self.objective.problem
         steps_run = [0]
