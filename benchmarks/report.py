@@ -1,8 +1,7 @@
 """Markdown tables and the issue's targets from the benchmark JSON files.
 
     python -m benchmarks.report --table2 docs/results/perf_table2.json \\
-        --steps docs/results/perf_scaling_steps.json --per docs/results/perf_scaling_per.json \\
-        --inner-loop docs/results/perf_inner_loop.json
+        --steps docs/results/perf_scaling_steps.json --per docs/results/perf_scaling_per.json
 """
 
 from __future__ import annotations
@@ -80,20 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table2", type=Path, default=None)
     p.add_argument("--steps", type=Path, default=None)
     p.add_argument("--per", type=Path, default=None)
-    p.add_argument("--inner-loop", type=Path, default=None)
     args = p.parse_args(argv)
-    t2, steps, per, inner = (_load(args.table2), _load(args.steps), _load(args.per), _load(args.inner_loop))
+    t2, steps, per = _load(args.table2), _load(args.steps), _load(args.per)
     if t2:
         print("## Table 2\n\n" + t2["markdown"] + "\n")
     if steps:
         print("## Scaling in T\n\n" + scaling_table(steps["rows"], "inner_steps") + "\n")
     if per:
         print("## Scaling in the number of hyperparameters\n\n" + scaling_table(per["rows"], "per") + "\n")
-    if inner:
-        med = inner["median_s"]
-        print(f"## Inner loop prototype (T={inner['inner_steps']}, {inner['reps']} reps)\n\n"
-              + "\n".join(f"- {k}: {v:.3f} s ({v / med['torch_optim_sgd']:.2f} × SGD)" for k, v in med.items())
-              + f"\n- max |difference| of h_T: {inner['max_abs_diff_vs_library']:.3g}\n")
     print("## Targets\n\n" + targets(t2, steps, per))
     return 0
 
