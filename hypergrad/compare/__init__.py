@@ -15,7 +15,11 @@ charged in the same currency:
   the fraction of ``T`` it ran), see :mod:`hypergrad.baselines`;
 * a **hybrid** ``tpe+<gradient method>`` spends ``round(hybrid_split * budget)``
   inner trainings on TPE, then runs the tuner from TPE's best trial for the rest
-  (meta steps continue the batch salts, so no batch order is reused).
+  (meta steps continue the batch salts, so no batch order is reused);
+* a **strategy** (``sign``, ``hybrid``, ``auto``; :mod:`hypergrad.strategies`) spends the whole
+  budget itself: every step (a search step with its hypergradient, a TPE trial, a selection run
+  on a reserved batch order) is one inner training, and its exported hyperparameters are its
+  selection's choice.
 
 After the search, each method's best hyperparameters are exported with
 :func:`hypergrad.to_sgd_param_groups` and a fresh copy of the model is trained
@@ -48,7 +52,7 @@ from hypergrad.compare.evaluate import sgd_evaluate
 from hypergrad.compare.methods import DEFAULT_METHODS, method_kind, parse_methods
 from hypergrad.compare.plots import log_tensorboard, plot
 from hypergrad.compare.report import BUDGET_ACCOUNTING, FRACTIONS, markdown_table, redact, summarize
-from hypergrad.compare.runners import OptunaSettings, run_gradient, run_hybrid, run_optuna
+from hypergrad.compare.runners import OptunaSettings, run_gradient, run_hybrid, run_optuna, run_strategy
 from hypergrad.compare.trace import Trace, best_at, best_at_seconds, trace_from_json
 from hypergrad.config import TuneConfig
 from hypergrad.data import Split
@@ -74,6 +78,7 @@ __all__ = [
     "run_gradient",
     "run_hybrid",
     "run_optuna",
+    "run_strategy",
     "sgd_evaluate",
     "summarize",
     "trace_from_json",
@@ -148,6 +153,8 @@ def compare(
                     trace = run_gradient(problem, scfg, m, budget, on_point=on_point)
                 elif kind == "optuna":
                     trace = run_optuna(problem, scfg, m, budget, settings, run_key=run_key, on_point=on_point)
+                elif kind == "strategy":
+                    trace = run_strategy(problem, scfg, m, budget, on_point=on_point)
                 else:
                     trace = run_hybrid(problem, scfg, m, budget, settings, split=hybrid_split, run_key=run_key,
                                        on_point=on_point)
