@@ -107,20 +107,6 @@ class TuneConfig:
     hyperparameters :math:`(\\log\\alpha, \\operatorname{logit}\\beta)`.
     """
 
-    strategy: str = _field(
-        "gradient", "the meta loop: gradient (Adam on the hypergradient of --method, the paper's), sign "
-        "(sign steps with per-hyperparameter step sizes, BPTT or RBP by --max-memory, selection on unseen "
-        "batch orders), hybrid (TPE, then sign steps from its best trials) or auto (the measured default)",
-        choices=STRATEGY_NAMES, group="meta")
-    budget: int | None = _field(
-        None, "inner trainings of T steps the whole run spends: meta steps, search trials and selection "
-        "runs all count", minimum=1, none="meta_steps", group="meta")
-    max_memory: float | None = _field(
-        None, "GiB that BPTT's unrolled graph may take in the sign/hybrid/auto strategies; above it they "
-        "use RBP (--method if it is an RBP method, else neumann)", positive=True,
-        none="min(2, a share of the free memory)", group="meta")
-    global_trials: int | None = _field(
-        None, "hybrid: TPE trials of the global phase", minimum=1, none="30% of the budget", group="meta")
     method: str = _field("neumann", "hypergradient method", choices=method_names(), group="meta")
     inner_steps: int = _field(100, "T, inner SGD steps per meta step", minimum=1)
     truncate: int = _field(10, "K: TBPTT's truncation and the RBP solvers' iterations (Neumann: terms); "
@@ -159,6 +145,20 @@ class TuneConfig:
         "backoff", "divergence policy: backoff (restore the best hyperparameters, halve the meta lr), skip "
         "(the update), clip (an exploding hypergradient to --clip or 1; skip a non-finite one), fallback "
         "(rbp -> neumann for that step, else skip) or stop", choices=DIVERGENCE_POLICIES, group="meta")
+    strategy: str = _field(
+        "gradient", "the meta loop: gradient (Adam on the hypergradient of --method, the paper's), sign "
+        "(sign steps with per-hyperparameter step sizes, BPTT or RBP by --max-memory, selection on unseen "
+        "batch orders), hybrid (TPE, then sign steps from its best trials) or auto (the measured default)",
+        choices=STRATEGY_NAMES, group="meta")
+    budget: int | None = _field(
+        None, "inner trainings of T steps the whole run spends: meta steps, search trials and selection "
+        "runs all count", minimum=1, none="meta_steps", group="meta")
+    max_memory: float | None = _field(
+        None, "GiB that BPTT's unrolled graph may take in the sign/hybrid/auto strategies; above it they "
+        "use RBP (--method if it is an RBP method, else neumann)", positive=True,
+        none="min(2, a share of the free memory)", group="meta")
+    global_trials: int | None = _field(
+        None, "hybrid: TPE trials of the global phase", minimum=1, none="0.3 x budget", group="meta")
 
     def __post_init__(self) -> None:
         _validate(self)

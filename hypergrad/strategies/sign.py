@@ -75,6 +75,7 @@ class SignRule:
     decrease: float = 0.5
     max_step: float = 2.0
     blowup: float = 1.5
+    skip_on_flip: bool = False  # iRprop-: no step for a hyperparameter whose sign just flipped
 
     def __post_init__(self) -> None:
         for name in ("step0", "max_step", "blowup"):
@@ -298,6 +299,8 @@ class SignStrategy(Strategy):
             prod = sg * ps
             steps.append(torch.where(prod > 0, (s * rule.increase).clamp(max=rule.max_step),
                                      torch.where(prod < 0, s * rule.decrease, s)))
+        if rule.skip_on_flip:
+            sign = tuple(torch.where(sg * ps < 0, torch.zeros_like(sg), sg) for sg, ps in zip(sign, state.prev_sign))
         state.steps = tuple(steps)
         state.prev_sign = sign
         state.anchor, state.anchor_loss = _clone(hp), loss
