@@ -238,7 +238,7 @@ class DownhillInLr(UphillObjective):
 def test_the_sign_rule_travels_decades_and_stays_in_the_search_box():
     cfg = _cfg(strategy="sign", budget=14, init_lr=1e-3)
     result = SignStrategy().run(DownhillInLr(tiny_problem(), cfg), cfg)
-    lrs = [[v["lr"] for v in r.hyperparameters.values()] for r in result.history if r.action == "update"]
+    lrs = [[v["alpha"] for v in r.hyperparameters.values()] for r in result.history if r.action == "update"]
     assert all(lr == pytest.approx(1e-3) for lr in lrs[0])
     # steps of 1, 1.2, 1.44, ... in log lr: four decades in six steps (Adam at meta-lr 0.05 moves ~0.05 per step)
     assert all(lr == pytest.approx(10.0) for lr in lrs[6])
