@@ -110,6 +110,11 @@ def column_format(values: list[float], digits: int = 4) -> str:
 
 
 # ---------------------------------------------------------------------- tune
+def _describe_strategy(cfg: TuneConfig) -> str:
+    """``neumann`` (the gradient strategy's method) or ``the sign strategy`` (N: its budget of inner trainings)."""
+    return cfg.method if cfg.strategy == "gradient" else f"the {cfg.strategy} strategy"
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from hypergrad.callbacks import LoggingCallback, ProgressBar, TensorBoardLogger
     from hypergrad.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
@@ -126,6 +131,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         values["logdir"] = str(args.resume)
         if args.meta_steps is not None:  # allow extending a finished run
             values["meta_steps"] = args.meta_steps
+        if args.budget is not None:
+            values["budget"] = args.budget
     else:
         values = _collect(args)
     cfg, run = build_configs(values)
@@ -156,7 +163,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     progress = ProgressBar() if main_rank and not args.no_progress else None
     if progress is not None:
         callbacks.append(progress)
-    tuner = Tuner(problem, cfg, callbacks=callbacks, x_test=split.x_test, y_test=split.y_test)
+    tuner = Tuner(problem, cfg, callbacks=callbacks, x_test=split.x_test, y_test=split.y_test,
+                  strategy=cfg.strategy)
     if state is not None:
         tuner.load_state_dict(state["tuner"])
     budget = None
@@ -185,7 +193,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(
             f"tuning {cfg.per} learning rates and momenta ({problem.spec.num_hyperparameters} hyperparameters) "
             f"of an MLP {split.num_features}-{'-'.join(map(str, run.hidden))}-{split.num_classes} on {run.dataset} "
-            f"with {cfg.method} (T={cfg.inner_steps}, K={cfg.truncate}, M={cfg.hyper_batches}, N={cfg.meta_steps})",
+            f"with {_describe_strategy(cfg)} (T={cfg.inner_steps}, K={cfg.truncate}, M={cfg.hyper_batches}, "
+            f"N={cfg.meta_steps if cfg.budget is None else cfg.budget})",
             file=sys.stderr,
         )
     code = EXIT_OK
@@ -207,10 +216,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if out:
         _write_json(out, summary)
     ev = result.evaluation
+    final = f"; final {ev['final']['val_loss']:.4f}" if "final" in ev else ""
+    where = "" if "selection" not in result.info else (
+        f", mean of {len(result.info['selection']['salts'])} unseen batch orders")
     print(
         f"validation loss: {ev['initial']['val_loss']:.4f} (initial) -> {ev['best']['val_loss']:.4f} "
-        f"(best, meta step {result.best_step}); final {ev['final']['val_loss']:.4f}"
+        f"(best, meta step {result.best_step}{where}){final}"
     )
+    if result.info:
+        print(f"inner trainings: {result.info['inner_trainings']} of a budget of {result.info['budget']}; "
+              f"hypergradient: {result.info['estimator']['reason']}")
     if "test_accuracy" in ev["initial"]:
         print(f"test accuracy:   {ev['initial']['test_accuracy']:.4f} -> {ev['best']['test_accuracy']:.4f}")
     if problem.spec.per != "element":
@@ -331,7 +346,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--hybrid-split", type=float, default=0.3,
                    help="fraction of the budget TPE spends before the tuner refines (0.3)")
     t = parser.add_argument_group("the tuner's meta optimisation (gradient methods and hybrids)")
-    add_config_flags(t, TuneConfig, groups=["meta"], exclude=["method", "meta_steps"])
+    add_config_flags(t, TuneConfig, groups=["meta"], exclude=["method", "meta_steps", "strategy", "budget"])
     o = parser.add_argument_group("optuna")
     o.add_argument("--storage", default=None,
                    help="Optuna storage: sqlite:///FILE.db, postgresql://..., journal:FILE or FILE.log/.journal "

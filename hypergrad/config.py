@@ -40,6 +40,7 @@ else:  # Python 3.10: the same parser, from PyPI
 __all__ = [
     "DATASETS",
     "DIVERGENCE_POLICIES",
+    "STRATEGY_NAMES",
     "ConfigError",
     "Option",
     "RunConfig",
@@ -58,6 +59,8 @@ __all__ = [
 
 
 DIVERGENCE_POLICIES = ("backoff", "skip", "clip", "fallback", "stop")
+#: The built-in strategies (:data:`hypergrad.strategies.STRATEGIES`, which a test keeps equal to this).
+STRATEGY_NAMES = ("auto", "gradient", "sign", "hybrid")
 DATASETS = ("digits", "mnist")
 
 
@@ -142,6 +145,20 @@ class TuneConfig:
         "backoff", "divergence policy: backoff (restore the best hyperparameters, halve the meta lr), skip "
         "(the update), clip (an exploding hypergradient to --clip or 1; skip a non-finite one), fallback "
         "(rbp -> neumann for that step, else skip) or stop", choices=DIVERGENCE_POLICIES, group="meta")
+    strategy: str = _field(
+        "gradient", "the meta loop: gradient (Adam on the hypergradient of --method, the paper's), sign "
+        "(sign steps with per-hyperparameter step sizes, BPTT or RBP by --max-memory, selection on unseen "
+        "batch orders), hybrid (TPE, then sign steps from its best trials) or auto (the measured default)",
+        choices=STRATEGY_NAMES, group="meta")
+    budget: int | None = _field(
+        None, "inner trainings of T steps the whole run spends: meta steps, search trials and selection "
+        "runs all count", minimum=1, none="meta_steps", group="meta")
+    max_memory: float | None = _field(
+        None, "GiB that BPTT's unrolled graph may take in the sign/hybrid/auto strategies; above it they "
+        "use RBP (--method if it is an RBP method, else neumann)", positive=True,
+        none="min(2, a share of the free memory)", group="meta")
+    global_trials: int | None = _field(
+        None, "hybrid: TPE trials of the global phase", minimum=1, none="0.3 x budget", group="meta")
 
     def __post_init__(self) -> None:
         _validate(self)

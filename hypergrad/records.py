@@ -210,6 +210,8 @@ class TuneResult:
         evaluation: ``{"initial"|"best"|"final": {val_loss, train_loss, test_loss, test_accuracy}}``
             from one identical inner run per set of hyperparameters.
         best_step: meta step of ``best`` (0: the initial hyperparameters).
+        info: what the strategy reports besides (e.g. the ``"sign"`` strategy's hypergradient
+            method and why, inner trainings spent, the selection's candidates); empty for ``"gradient"``.
     """
 
     spec: HyperSpec
@@ -219,6 +221,7 @@ class TuneResult:
     history: list[MetaStepRecord]
     evaluation: dict[str, dict[str, float]] = field(default_factory=dict)
     best_step: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def hyperparameters(self) -> Hyperparameters:
@@ -260,4 +263,5 @@ class TuneResult:
             "seconds": [r.seconds for r in self.history],
             "hypergrad_norm": [r.hypergrad_norm for r in self.history],
             "history": [r.to_dict() for r in self.history],
+            **({"strategy": self.info} if self.info else {}),
         }

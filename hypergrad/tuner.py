@@ -200,7 +200,9 @@ def tune(
         val_data: ``(x, y)`` for the validation meta loss and best tracking.
         test_data: optional ``(x, y)`` reported in ``result.evaluation``.
         callbacks: observers (e.g. :class:`hypergrad.callbacks.TensorBoardLogger`).
-        **config: fields of :class:`TuneConfig` (``method``, ``inner_steps``, ...).
+        **config: fields of :class:`TuneConfig` (``strategy``, ``budget``, ``method``, ``inner_steps``, ...):
+            ``strategy`` names the meta loop (:data:`hypergrad.strategies.STRATEGIES`) and
+            ``budget`` the inner trainings of ``T`` steps the whole run spends (default ``meta_steps``).
 
     Returns:
         A :class:`TuneResult`; ``torch.optim.SGD(result.param_groups(model))``
@@ -223,5 +225,5 @@ def tune(
         batch_size=cfg.batch_size, per=cfg.per,
     )
     x_test, y_test = test_data if test_data is not None else (None, None)
-    tuner = Tuner(problem, cfg, callbacks=callbacks, x_test=x_test, y_test=y_test)
+    tuner = Tuner(problem, cfg, callbacks=callbacks, x_test=x_test, y_test=y_test, strategy=cfg.strategy)
     return tuner.run()

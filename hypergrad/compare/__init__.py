@@ -15,7 +15,11 @@ charged in the same currency:
   the fraction of ``T`` it ran), see :mod:`hypergrad.baselines`;
 * a **hybrid** ``tpe+<gradient method>`` spends ``round(hybrid_split * budget)``
   inner trainings on TPE, then runs the tuner from TPE's best trial for the rest
-  (meta steps continue the batch salts, so no batch order is reused).
+  (meta steps continue the batch salts, so no batch order is reused);
+* a **strategy** (``sign``, ``hybrid``, ``auto``; :mod:`hypergrad.strategies`) spends the whole
+  budget itself: every step (a search step with its hypergradient, a TPE trial, a selection run
+  on a reserved batch order) is one inner training, and its exported hyperparameters are its
+  selection's choice.
 
 After the search, each method's best hyperparameters are exported with
 :func:`hypergrad.to_sgd_param_groups` and a fresh copy of the model is trained
@@ -56,6 +60,7 @@ from hypergrad.compare.runners import (
     run_gradient,
     run_hybrid,
     run_optuna,
+    run_strategy,
     study_recorder,
 )
 from hypergrad.compare.trace import Trace, best_at, best_at_seconds, trace_from_json
@@ -84,6 +89,7 @@ __all__ = [
     "run_gradient",
     "run_hybrid",
     "run_optuna",
+    "run_strategy",
     "sgd_evaluate",
     "summarize",
     "trace_from_json",
@@ -165,6 +171,8 @@ def compare(
                         trace = run_gradient(problem, scfg, m, budget, on_point=on_point, callbacks=record)
                     elif kind == "optuna":
                         trace = run_optuna(problem, scfg, m, budget, settings, run_key=run_key, on_point=on_point)
+                    elif kind == "strategy":
+                        trace = run_strategy(problem, scfg, m, budget, on_point=on_point)
                     else:
                         trace = run_hybrid(problem, scfg, m, budget, settings, split=hybrid_split, run_key=run_key,
                                            on_point=on_point)

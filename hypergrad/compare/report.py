@@ -18,8 +18,10 @@ BUDGET_ACCOUNTING = (
     "(+ its hypergradient, paid in seconds only); the meta loss of step k is the validation loss the tuner records "
     "for the hyperparameters evaluated at step k; Tuner.finish() is not run. Optuna: one trial = one inner training "
     "(a pruned trial costs steps_run/T). Hybrid tpe+X: round(hybrid_split*budget) TPE trials, then X meta steps "
-    "for the rest. Seconds: wall clock from the method's first inner training, including sampler/hypergradient "
-    "overhead. The test-accuracy retraining with torch.optim.SGD is identical for all methods and not charged."
+    "for the rest. Strategies (sign, hybrid, auto): every step is one inner training (search step, TPE trial or "
+    "selection run on a reserved batch order), budget steps in all. Seconds: wall clock from the method's first "
+    "inner training, including sampler/hypergradient overhead. The test-accuracy retraining with torch.optim.SGD "
+    "is identical for all methods and not charged."
 )
 
 

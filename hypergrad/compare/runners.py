@@ -2,7 +2,10 @@
 
 * :func:`run_gradient`: the tuner's meta steps (one inner training each);
 * :func:`run_optuna`: an Optuna study (one inner training per trial, a pruned trial its fraction);
-* :func:`run_hybrid`: TPE for part of the budget, then the tuner from TPE's best trial.
+* :func:`run_hybrid`: TPE for part of the budget, then the tuner from TPE's best trial;
+* :func:`run_strategy`: a strategy of :mod:`hypergrad.strategies` (``sign``, ``hybrid``, ``auto``)
+  with ``budget`` as its whole budget: every step (search step, TPE trial, selection run) is one
+  inner training and one point; its exported hyperparameters are the strategy's selection.
 """
 
 from __future__ import annotations
@@ -35,9 +38,10 @@ from hypergrad.compare.trace import Trace, best_at
 from hypergrad.config import TuneConfig, method_names
 from hypergrad.inner import InnerProblem
 from hypergrad.objective import MetaObjective
+from hypergrad.records import MetaStepRecord
 from hypergrad.tuner import Tuner
 
-__all__ = ["OptunaSettings", "run_gradient", "run_hybrid", "run_optuna", "study_recorder"]
+__all__ = ["OptunaSettings", "run_gradient", "run_hybrid", "run_optuna", "run_strategy", "study_recorder"]
 
 
 def _tuner(problem: InnerProblem, cfg: TuneConfig, method: str, budget: int,
@@ -83,6 +87,31 @@ def run_gradient(
         "events": sorted({e for r in tuner.history for e in r.events}),
         "actions": {a: sum(r.action == a for r in tuner.history) for a in {r.action for r in tuner.history}},
     }
+    return trace
+
+
+def run_strategy(
+    problem: InnerProblem,
+    cfg: TuneConfig,
+    strategy: str,
+    budget: int,
+    *,
+    on_point: Callable[[Trace], None] | None = None,
+) -> Trace:
+    """Run ``strategy`` with ``budget`` inner trainings; one trace point per step, its best the strategy's choice."""
+    trace = Trace(strategy, cfg.seed)
+    tuner = Tuner(problem, dataclasses.replace(cfg, strategy=strategy, budget=budget), strategy=strategy)
+    t0 = time.perf_counter()
+
+    def after(t: Tuner) -> None:
+        record: MetaStepRecord = t.history[-1]
+        trace.add(1.0, time.perf_counter() - t0, record.meta_loss, record.action)
+        if on_point is not None:
+            on_point(trace)
+
+    result = tuner.run(budget=budget, on_checkpoint=after)
+    trace.best = tuple(b.clone() for b in result.best)
+    trace.info[strategy] = {k: v for k, v in result.info.items() if k != "strategy"}
     return trace
 
 
