@@ -42,7 +42,7 @@ from torch import Tensor
 
 from hypergrad._tree import Tree, tree_isfinite, tree_norm
 from hypergrad.config import TuneConfig
-from hypergrad.data.source import Batch, Batches
+from hypergrad.data.source import Batch, Batches, stack_batches
 from hypergrad.hyperparams import HyperSpec
 from hypergrad.inner import InnerProblem
 from hypergrad.linalg import SolveInfo
@@ -300,8 +300,7 @@ class MetaObjective:
         """Per-minibatch hypergradients from ONE solve of the stacked (block-diagonal) system."""
         problem = self.problem
         m = len(batches)
-        xs = torch.stack([x for x, _ in batches])
-        ys = torch.stack([y for _, y in batches])
+        xs, ys = stack_batches(batches)  # tuple inputs stacked input by input
 
         def stack(tree: Tree) -> Tree:
             return tuple(t.unsqueeze(0).expand(m, *t.shape).clone() for t in tree)
