@@ -149,7 +149,7 @@ def test_a_failure_at_meta_step_n_keeps_its_n_finished_steps(tmp_path: Any, meth
     cfg = {**FAST, "meta_steps": 5, "method": method}
     reference = hypergrad.tune(model, F.cross_entropy, train, val, **cfg)
     loss = FailingLoss()
-    with pytest.raises(hypergrad.TuneError, match="failed in meta step 3 .*the user's loss broke.*3 finished") as info:
+    with pytest.raises(hypergrad.TuneError, match=r"failed in meta step 3 .*the user's loss broke.*3 finished") as info:
         hypergrad.tune(model, loss, train, val, callbacks=[ArmAfter(loss, 3)], checkpoint_dir=tmp_path, **cfg)
     exc = info.value
     assert isinstance(exc.__cause__, RuntimeError) and exc.step == 3
@@ -161,7 +161,7 @@ def test_a_failure_at_meta_step_n_keeps_its_n_finished_steps(tmp_path: Any, meth
     # A second call into the same folder is refused; resume=True continues to the uninterrupted result.
     with pytest.raises(ValueError, match="already holds a checkpoint"):
         hypergrad.tune(model, F.cross_entropy, train, val, checkpoint_dir=tmp_path, **cfg)
-    with pytest.raises(ValueError, match="other settings.*inner_steps"):
+    with pytest.raises(ValueError, match=r"other settings.*inner_steps"):
         hypergrad.tune(model, F.cross_entropy, train, val, checkpoint_dir=tmp_path, resume=True,
                        **{**cfg, "inner_steps": 7})
     resumed = hypergrad.tune(model, F.cross_entropy, train, val, checkpoint_dir=tmp_path, resume=True, **cfg)
@@ -172,7 +172,7 @@ def test_a_failure_at_meta_step_n_keeps_its_n_finished_steps(tmp_path: Any, meth
 def test_a_failure_in_the_final_evaluation_keeps_every_step() -> None:
     model, _, train, val = _mlp_case()
     loss = FailingLoss()
-    with pytest.raises(hypergrad.TuneError, match="failed in the final evaluation.*3 finished") as info:
+    with pytest.raises(hypergrad.TuneError, match=r"failed in the final evaluation.*3 finished") as info:
         hypergrad.tune(model, loss, train, val, callbacks=[ArmAfter(loss, 3)], **FAST)
     assert info.value.step is None and len(info.value.result.history) == 3 and info.value.checkpoint is None
 
