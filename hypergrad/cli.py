@@ -71,7 +71,8 @@ def _add_tune_flags(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group("output")
     add_config_flags(o, RunConfig, groups=["output"])
     o.add_argument("--resume", default=None, metavar="DIR", help="continue the run checkpointed in DIR")
-    o.add_argument("--overwrite", action="store_true", help="start afresh even if --logdir has a checkpoint")
+    o.add_argument("--overwrite", action="store_true",
+                   help="start afresh even if --logdir has a checkpoint (its TensorBoard event files are removed)")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
     d = p.add_argument_group("distributed (under torchrun)")
     d.add_argument(
@@ -87,6 +88,19 @@ def _collect(args: argparse.Namespace) -> dict[str, Any]:
     values: dict[str, Any] = load_config_file(args.config) if getattr(args, "config", None) else {}
     values.update(flag_values(args))
     return values
+
+
+def column_format(values: list[float], digits: int = 4) -> str:
+    """One format spec for a whole column: fixed ``digits`` decimals, or scientific if a value needs it.
+
+    Fixed decimals are used when every value is 0 or at least ``10**-(digits-1)`` in size
+    (so each keeps ``digits`` significant digits or more) and below ``1e6``; otherwise the
+    whole column is written as ``.{digits-1}e``.
+    """
+    finite = [abs(v) for v in values if v == v and abs(v) != float("inf")]
+    if all(v == 0 or 10.0 ** -(digits - 1) <= v < 1e6 for v in finite):
+        return f".{digits}f"
+    return f".{digits - 1}e"
 
 
 # ---------------------------------------------------------------------- tune
@@ -123,6 +137,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
             f"{str(logdir)!r} already holds a checkpoint; continue it with --resume {logdir}, "
             "or pass --overwrite / another --logdir"
         )
+    if logdir is not None and state is None and args.overwrite and main_rank and logdir.is_dir():
+        for old in logdir.glob("events.out.tfevents.*"):  # the old run's curves would overlay the new one's
+            old.unlink()
     if logdir is not None and state is None and parallel is not None:
         parallel.barrier()  # every rank checks the folder before rank 0 writes to it
     problem, split = build_problem(run, cfg, parallel=parallel)
@@ -135,7 +152,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if state is not None:
         tuner.load_state_dict(state["tuner"])
     if logdir is not None and main_rank:
-        tuner.callbacks.append(TensorBoardLogger(logdir, global_step_offset=tuner.step_count))
+        tuner.callbacks.append(TensorBoardLogger(logdir, global_step_offset=tuner.step_count, dataset=run.dataset))
     saved_values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
 
     def checkpoint(t: Tuner) -> None:
@@ -178,8 +195,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"test accuracy:   {ev['initial']['test_accuracy']:.4f} -> {ev['best']['test_accuracy']:.4f}")
     if problem.spec.per != "element":
         print("torch.optim.SGD param groups (lr = alpha*(1-beta), momentum = beta, dampening = 0):")
-        for g in result.param_groups():
-            print(f"  {g['name']:<12} lr={g['lr']:.5g}  momentum={g['momentum']:.4f}")
+        groups = result.param_groups()
+        lr_fmt = column_format([g["lr"] for g in groups])
+        width = max(len(g["name"]) for g in groups)
+        for g in groups:
+            print(f"  {g['name']:<{width}}  lr={g['lr']:{lr_fmt}}  momentum={g['momentum']:.4f}")
     if out:
         print(f"results: {out}")
     if logdir is not None:

@@ -117,14 +117,21 @@ class HyperSpec:
         return lrs, moms
 
     def describe(self, hparams: Sequence[Tensor]) -> dict[str, dict[str, float | list[float]]]:
-        """``{tensor name: {"lr": alpha, "momentum": beta}}`` (lists for per-element)."""
+        r"""``{tensor name: {"lr": alpha*(1-beta), "momentum": beta, "alpha": alpha}}`` (``*_mean`` for per-element).
+
+        ``lr`` is the learning rate of ``torch.optim.SGD`` (:func:`to_sgd_param_groups`), the
+        number the CLI prints; ``alpha`` is :math:`\alpha` of the update :math:`w' = w + \alpha v'`.
+        """
         lrs, moms = self.per_tensor([h.detach() for h in hparams])
         out: dict[str, dict[str, float | list[float]]] = {}
         for name, a, b in zip(self.param_names, lrs, moms):
+            a64, b64 = a.double(), b.double()
+            sgd_lr = a64 * (1.0 - b64)
             if a.dim() == 0:
-                out[name] = {"lr": float(a), "momentum": float(b)}
+                out[name] = {"lr": float(sgd_lr), "momentum": float(b64), "alpha": float(a64)}
             else:
-                out[name] = {"lr_mean": float(a.mean()), "momentum_mean": float(b.mean())}
+                out[name] = {"lr_mean": float(sgd_lr.mean()), "momentum_mean": float(b64.mean()),
+                             "alpha_mean": float(a64.mean())}
         return out
 
 

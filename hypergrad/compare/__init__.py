@@ -30,8 +30,9 @@ On a user's own model, from Python: :func:`compare_models` (also ``hypergrad.com
 
 Outputs: ``compare.json`` (schema in :func:`compare`), a markdown table
 (``.md`` next to it), a PNG plot (``.png``) and, with ``--logdir``, TensorBoard
-runs ``DIR/<method>/seed<S>`` whose scalars overlay: ``compare/meta_loss`` and
-``compare/best_meta_loss`` against inner SGD steps spent (``inner trainings x T``),
+runs ``DIR/<method>/seed<S>``, written point by point while the search runs
+(:class:`~hypergrad.compare.plots.TraceWriter`), whose scalars overlay: ``compare/meta_loss``
+and ``compare/best_meta_loss`` against inner SGD steps spent (``inner trainings x T``),
 and ``compare/best_meta_loss_vs_ms`` against wall milliseconds.
 
 The package, by role: :mod:`~hypergrad.compare.methods` (the ``--methods`` list),
@@ -44,6 +45,7 @@ The package, by role: :mod:`~hypergrad.compare.methods` (the ``--methods`` list)
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,7 +58,7 @@ from hypergrad._io import json_safe as _json_safe
 from hypergrad.compare.evaluate import RETRAIN_ORDERS, sgd_evaluate, sgd_retrain
 from hypergrad.compare.methods import DEFAULT_METHODS, method_kind, parse_methods
 from hypergrad.compare.models import Comparison, comparison_config, model_problems, write_comparison
-from hypergrad.compare.plots import log_tensorboard, plot
+from hypergrad.compare.plots import TraceWriter, log_tensorboard, plot
 from hypergrad.compare.report import BUDGET_ACCOUNTING, FRACTIONS, markdown_table, redact, summarize
 from hypergrad.compare.runners import OptunaSettings, run_gradient, run_hybrid, run_optuna
 from hypergrad.compare.trace import Trace, best_at, best_at_seconds, trace_from_json
@@ -72,6 +74,7 @@ __all__ = [
     "Comparison",
     "OptunaSettings",
     "Trace",
+    "TraceWriter",
     "best_at",
     "best_at_seconds",
     "compare",
@@ -151,24 +154,33 @@ def compare(
             scfg = dataclasses.replace(cfg, seed=seed)
             for m in methods:
                 bar.set_description(f"{m} seed {seed}")
-                done = [0.0]
+                done = [0]  # whole inner trainings shown (a pruned trial's fraction waits for the next)
+                stream = TraceWriter(logdir, m, seed, cfg.inner_steps) if logdir is not None else None
 
-                def on_point(trace: Trace, done: list[float] = done) -> None:
-                    spent = trace.cost[-1]
+                def on_point(trace: Trace, done: list[int] = done, stream: TraceWriter | None = stream) -> None:
+                    if stream is not None:  # TensorBoard curves grow while the search runs
+                        stream.write(trace)
+                    spent = min(math.floor(trace.cost[-1] + 1e-9), budget)
                     bar.update(spent - done[0])
                     done[0] = spent
                     best = trace.best_so_far[-1]
                     bar.set_postfix(best=f"{best:.4f}" if best is not None else "nan", refresh=False)
 
                 kind = method_kind(m)
-                if kind == "gradient":
-                    trace = run_gradient(problem, scfg, m, budget, on_point=on_point)
-                elif kind == "optuna":
-                    trace = run_optuna(problem, scfg, m, budget, settings, run_key=run_key, on_point=on_point)
-                else:
-                    trace = run_hybrid(problem, scfg, m, budget, settings, split=hybrid_split, run_key=run_key,
-                                       on_point=on_point)
-                bar.update(max(budget - done[0], 0.0))
+                try:
+                    if kind == "gradient":
+                        trace = run_gradient(problem, scfg, m, budget, on_point=on_point)
+                    elif kind == "optuna":
+                        trace = run_optuna(problem, scfg, m, budget, settings, run_key=run_key, on_point=on_point)
+                    else:
+                        trace = run_hybrid(problem, scfg, m, budget, settings, split=hybrid_split, run_key=run_key,
+                                           on_point=on_point)
+                    if stream is not None:
+                        stream.write(trace)  # points the live callbacks did not see (none for a fresh study)
+                finally:
+                    if stream is not None:
+                        stream.close()
+                bar.update(max(budget - done[0], 0))
                 assert trace.best is not None
                 sgd = sgd_retrain(problem, scfg, trace.best, seed=seed, orders=retrain_orders, test_data=test_data)
                 runs.append({
@@ -185,8 +197,6 @@ def compare(
                     "sgd_eval": sgd,
                     "info": trace.info,
                 })
-                if logdir is not None:
-                    log_tensorboard(logdir, trace, cfg.inner_steps)
     finally:
         bar.close()
     return _json_safe({
