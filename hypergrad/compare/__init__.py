@@ -60,7 +60,14 @@ from hypergrad.compare.methods import DEFAULT_METHODS, method_kind, parse_method
 from hypergrad.compare.models import Comparison, comparison_config, model_problems, write_comparison
 from hypergrad.compare.plots import TraceWriter, log_tensorboard, plot
 from hypergrad.compare.report import BUDGET_ACCOUNTING, FRACTIONS, markdown_table, redact, summarize
-from hypergrad.compare.runners import OptunaSettings, run_gradient, run_hybrid, run_optuna
+from hypergrad.compare.runners import (
+    OptunaSettings,
+    _problem_key,
+    run_gradient,
+    run_hybrid,
+    run_optuna,
+    study_recorder,
+)
 from hypergrad.compare.trace import Trace, best_at, best_at_seconds, trace_from_json
 from hypergrad.config import TuneConfig
 from hypergrad.data import Split
@@ -169,7 +176,10 @@ def compare(
                 kind = method_kind(m)
                 try:
                     if kind == "gradient":
-                        trace = run_gradient(problem, scfg, m, budget, on_point=on_point)
+                        record = [study_recorder(settings, f"{settings.study_name}.{m}.seed{seed}", m,
+                                                 problem_key=_problem_key(scfg, run_key or {}, m, settings.space))
+                                  ] if settings.storage is not None else []  # its meta steps as trials
+                        trace = run_gradient(problem, scfg, m, budget, on_point=on_point, callbacks=record)
                     elif kind == "optuna":
                         trace = run_optuna(problem, scfg, m, budget, settings, run_key=run_key, on_point=on_point)
                     else:

@@ -79,6 +79,8 @@ def summarize(runs: Sequence[dict[str, Any]], budget: int, methods: Sequence[str
 def _fmt(entry: dict[str, Any], digits: int = 4) -> str:
     if entry["mean"] is None:
         return "n/a"
+    if (entry.get("n") or 0) < 2:  # one seed: no spread was measured
+        return f"{entry['mean']:.{digits}f}"
     return f"{entry['mean']:.{digits}f} ± {entry['std']:.{digits}f}"
 
 
@@ -105,10 +107,11 @@ def markdown_table(summary: dict[str, Any], budget: int) -> str:
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {_fmt(e['seconds'], 1)} |")
     n = max((len(e["seeds"]) for e in summary.values()), default=0)
     orders = max((e.get("sgd_orders", 0) for e in summary.values()), default=0)
+    spread = f"mean ± std over {n} seeds" if n > 1 else "one seed (no spread measured)"
     lines.append("")
     lines.append(
         f"Best validation meta loss after 25/50/100% of a budget of {budget} inner trainings, "
-        f"mean ± std over {n} seed(s). (SGD): torch.optim.SGD from w0 with each method's best hyperparameters "
+        f"{spread}. (SGD): torch.optim.SGD from w0 with each method's best hyperparameters "
         f"on fresh batch orders the search never saw, mean ± std over {orders} retrainings (seeds x orders). "
         "Wall seconds of the whole search."
     )
