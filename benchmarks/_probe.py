@@ -29,12 +29,6 @@ from hypergrad._profiling import library_version, reset_peak, status_kib
 MIB = 1024.0  # /proc reports KiB
 
 
-
-
-
-
-
-
 def sgd_train(problem: Any, batches: torch.Tensor, lr: float = math.exp(-1), mom: float = 0.5) -> None:
     """The floor: the same T steps and minibatches with torch.optim.SGD on the problem's nn.Module."""
     model = problem.model
@@ -71,10 +65,6 @@ def _setup(spec: dict[str, Any]):
         model = mlp(split.num_features, run.hidden, split.num_classes).to(device)
         problem = InnerProblem(model, F.cross_entropy, split.x_train, split.y_train, split.x_val, split.y_val,
                                batch_size=cfg.batch_size, per=cfg.per)
-    if spec.get("chunked_meta_loss"):
-        from benchmarks.prototype_chunked_loss import patch
-
-        patch(problem, int(spec["chunked_meta_loss"]))
     return cfg, problem, split, Tuner
 
 
@@ -165,7 +155,6 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "reset_ok": reset_ok,
         "threads": torch.get_num_threads(),
         "device": device,
-        "chunked_meta_loss": spec.get("chunked_meta_loss"),
         "stop_on_growth": cfg.stop_on_growth,
         "batch_hyper": cfg.batch_hyper,
         **library_version(),

@@ -23,6 +23,7 @@ fraction of ``T`` it ran (see :class:`OptunaObjective`).
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -44,12 +45,14 @@ __all__ = [
     "OptunaObjective",
     "SearchSpace",
     "create_or_load_study",
+    "is_gradient_trial",
     "make_pruner",
     "make_sampler",
     "make_storage",
     "run_study",
     "to_hparams",
     "trial_cost",
+    "worker_sampler_seed",
 ]
 
 SAMPLERS = ("tpe", "random", "cmaes")
@@ -168,7 +171,9 @@ class OptunaObjective:
     With ``report_every=s``, the validation loss of :math:`w_t` is reported every
     ``s`` inner steps (``trial.report``) and the trial is pruned when the study's
     pruner says so. Each trial's cost in inner trainings (``steps run / T``) is
-    stored in the user attribute ``"cost"``.
+    stored in the user attribute ``"cost"``, beside ``"method"`` (the sampler's name,
+    ``method``), ``"kind"`` (``"sampler"``) and ``"seconds"`` (wall seconds of its inner training), the
+    attributes :class:`hypergrad.studies.StudyRecorder` gives hypergrad's own trials.
     """
 
     def __init__(
@@ -178,6 +183,7 @@ class OptunaObjective:
         *,
         report_every: int | None = None,
         fail_value: float | None = None,
+        method: str = "optuna",
     ) -> None:
         if not isinstance(objective, MetaObjective):
             raise TypeError(f"objective must be a MetaObjective, got {type(objective).__name__}")
@@ -188,6 +194,7 @@ class OptunaObjective:
         ):
             raise ValueError(f"report_every must be an integer >= 1 or None, got {report_every!r}")
         self.objective = objective
+        self.method = method
         self.space = space or SearchSpace()
         self.report_every = report_every
         if fail_value is None:
@@ -208,7 +215,10 @@ class OptunaObjective:
     def __call__(self, trial: Any) -> float:
         optuna = _optuna()
 
+        trial.set_user_attr("method", self.method)
+        trial.set_user_attr("kind", "sampler")
         params = self.space.suggest(trial, self.objective.spec)
+        t0 = time.perf_counter()  # seconds: the inner training, not the sampler's or the storage's time
         hparams = self.hparams(params)
         problem = self.objective.problem
         steps_run = [0]
@@ -224,10 +234,12 @@ class OptunaObjective:
                     trial.report(loss if math.isfinite(loss) else self.fail_value, t + 1)
                     if trial.should_prune():
                         trial.set_user_attr("cost", (t + 1) / self.inner_steps)
+                        trial.set_user_attr("seconds", time.perf_counter() - t0)
                         raise optuna.TrialPruned(f"pruned after {t + 1} inner steps")
 
         loss = self.objective.value(hparams, trial.number, on_step=on_step)
         trial.set_user_attr("cost", 1.0)
+        trial.set_user_attr("seconds", time.perf_counter() - t0)
         trial.set_user_attr("meta_loss", loss if math.isfinite(loss) else None)
         if not math.isfinite(loss) or loss > self.fail_value:
             return self.fail_value
@@ -240,7 +252,28 @@ def trial_cost(trial: Any) -> float:
     return float(cost) if cost is not None else 1.0
 
 
+def is_gradient_trial(trial: Any) -> bool:
+    """Whether a trial records a hypergrad meta step (:class:`hypergrad.studies.StudyRecorder`), not a sampler's."""
+    return trial.user_attrs.get("kind") == "gradient"
+
+
 # ---------------------------------------------------------------------- study plumbing
+def worker_sampler_seed(seed: int, worker: int | None) -> int:
+    """The sampler seed of one worker on a shared storage.
+
+    ``worker=None`` (no ``--worker`` given): ``seed`` mixed with the process id, so workers
+    started without ids never draw the same points, but the run is **not reproducible**.
+    ``worker=i``: ``seed + 1_000_003 * i`` (worker 0 uses ``seed`` itself, as an in-memory
+    run does), reproducible when one worker runs; with several, TPE's suggestions also depend
+    on the order in which the others' trials finish, so only the first trials repeat.
+    """
+    if worker is None:
+        return (seed * 1_000_003 + os.getpid()) % (2**31)
+    if isinstance(worker, bool) or not isinstance(worker, int) or worker < 0:
+        raise ValueError(f"worker must be an integer >= 0 or None, got {worker!r}")
+    return (seed + 1_000_003 * worker) % (2**31)
+
+
 def make_sampler(name: str, seed: int | None = None) -> Any:
     """``tpe`` (default settings), ``random`` or ``cmaes`` (Optuna's CmaEsSampler), seeded."""
     optuna = _optuna()
@@ -276,6 +309,8 @@ def make_storage(url: str | None) -> Any:
       processes on one machine (file locks), no database needed;
     * any URL ``dialect://...``: an RDB storage, e.g. ``sqlite:///study.db`` or
       ``postgresql://user@host/db`` (the database driver must be installed).
+
+    The folder of a journal file or of an SQLite database is created when missing.
     """
     optuna = _optuna()
     from optuna.storages.journal import JournalFileBackend
@@ -286,19 +321,28 @@ def make_storage(url: str | None) -> Any:
         path = url[len("journal:") :] if url.startswith("journal:") else url
         if not path:
             raise ValueError("--storage journal: needs a file path, e.g. journal:study.log")
-        parent = Path(path).expanduser().resolve().parent
-        if not parent.is_dir():
-            raise ValueError(f"the folder of the journal file {path!r} does not exist")
+        _make_parent(Path(path).expanduser(), what="journal file")
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     if url.startswith(("postgresql://", "postgres://")):
         # SQLAlchemy 2.x maps a bare postgresql:// to psycopg 3; hypergrad's extra installs psycopg2.
         url = "postgresql+psycopg2://" + url.split("://", 1)[1]
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):].split("?", 1)[0]
+        if path and path != ":memory:":
+            _make_parent(Path(path).expanduser(), what="SQLite database")
     if "://" not in url:
         raise ValueError(
             f"cannot read storage {url!r}: expected journal:PATH, a .log/.journal file, or a URL such as "
             "sqlite:///study.db or postgresql://user@host/db"
         )
     return url
+
+
+def _make_parent(path: Path, *, what: str) -> None:
+    try:
+        path.resolve().parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create the folder of the {what} {str(path)!r}: {exc.strerror or exc}") from None
 
 
 def create_or_load_study(
@@ -357,9 +401,10 @@ def run_study(
 ) -> list[Any]:
     """Run trials until the study's finished trials have cost ``budget`` inner trainings.
 
-    The budget counts every finished trial already in the study (resumed runs and
+    The budget counts every finished sampler trial already in the study (resumed runs and
     other workers on the same storage included), so parallel workers share one
     budget; concurrent workers can overshoot it by at most ``n_workers - 1`` trials.
+    Trials recorded from hypergrad's meta steps (:func:`is_gradient_trial`) are not counted.
     Returns the trials this call finished.
     """
     optuna = _optuna()
@@ -372,7 +417,8 @@ def run_study(
                        optuna.trial.TrialState.FAIL)
 
     def spent() -> float:
-        return sum(trial_cost(t) for t in study.get_trials(deepcopy=False, states=finished_states))
+        return sum(trial_cost(t) for t in study.get_trials(deepcopy=False, states=finished_states)
+                   if not is_gradient_trial(t))
 
     mine: list[Any] = []
 

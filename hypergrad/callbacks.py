@@ -249,16 +249,18 @@ class ProgressBar(Callback):
     on one identical inner run), so the bar's last ``best`` is the number the summary prints.
     """
 
-    def __init__(self, *, disable: bool | None = None, desc: str = "meta steps") -> None:
+    def __init__(self, *, disable: bool | None = None, desc: str = "meta steps", total: int | None = None) -> None:
         self.disable = disable
         self.desc = desc
+        self.total = total  # default: config.meta_steps (a warm-started run counts from its first step)
         self.bar: Any = None
 
     def on_start(self, tuner: TuningRun) -> None:
         from tqdm.auto import tqdm
 
         self.bar = tqdm(
-            total=tuner.config.meta_steps, initial=tuner.step_count, desc=self.desc, disable=self.disable,
+            total=self.total if self.total is not None else tuner.config.meta_steps, initial=tuner.step_count,
+            desc=self.desc, disable=self.disable,
             dynamic_ncols=True,
         )
 

@@ -74,6 +74,12 @@ def _add_tune_flags(p: argparse.ArgumentParser) -> None:
     o.add_argument("--overwrite", action="store_true",
                    help="start afresh even if --logdir has a checkpoint (its TensorBoard event files are removed)")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s = p.add_argument_group("optuna study (refine a black-box search)")
+    s.add_argument("--from-study", default=None, metavar="STORAGE",
+                   help="start from the best completed trial of the Optuna study --study-name in STORAGE "
+                        "(sqlite:///FILE.db, journal:FILE, postgresql://...) and write every meta step back to it "
+                        "as a trial (user attrs method, cost, seconds); --meta-steps more steps are run")
+    s.add_argument("--study-name", default=None, metavar="NAME", help="the study of --from-study")
     d = p.add_argument_group("distributed (under torchrun)")
     d.add_argument(
         "--dist-backend",
@@ -149,16 +155,30 @@ def cmd_tune(args: argparse.Namespace) -> int:
             old.unlink()
     if logdir is not None and state is None and parallel is not None:
         parallel.barrier()  # every rank checks the folder before rank 0 writes to it
+    study = _open_study(args, cfg, run) if args.from_study else None
     problem, split = build_problem(run, cfg, parallel=parallel)
     callbacks: list[Any] = []
     if main_rank:
         callbacks.append(LoggingCallback())
-    if main_rank and not args.no_progress:
-        callbacks.append(ProgressBar())
+    progress = ProgressBar() if main_rank and not args.no_progress else None
+    if progress is not None:
+        callbacks.append(progress)
     tuner = Tuner(problem, cfg, callbacks=callbacks, x_test=split.x_test, y_test=split.y_test,
                   strategy=cfg.strategy)
     if state is not None:
         tuner.load_state_dict(state["tuner"])
+    budget = None
+    if study is not None:
+        from hypergrad.studies import StudyRecorder, warm_start_from_study
+
+        start = warm_start_from_study(tuner, study)
+        budget = start.step + cfg.meta_steps
+        if progress is not None:
+            progress.total = budget
+        if main_rank:
+            tuner.callbacks.append(StudyRecorder(study, space=start.space))
+            print(f"starting from trial {start.trial} of study {study.study_name!r} (value {start.value:.4f}); "
+                  f"meta steps {start.step}..{budget - 1} are written back to it", file=sys.stderr)
     if logdir is not None and main_rank:
         tuner.callbacks.append(TensorBoardLogger(logdir, global_step_offset=tuner.step_count, dataset=run.dataset))
     saved_values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
@@ -179,7 +199,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         )
     code = EXIT_OK
     try:
-        result = tuner.run(on_checkpoint=checkpoint)
+        result = tuner.run(budget=budget, on_checkpoint=checkpoint)
     except DivergenceError as exc:
         print(f"hypergrad: error: {exc}; the best hyperparameters so far are kept", file=sys.stderr)
         result = tuner.finish()
@@ -220,6 +240,28 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if logdir is not None:
         print(f"TensorBoard: tensorboard --logdir {logdir}")
     return code
+
+
+def _open_study(args: argparse.Namespace, cfg: TuneConfig, run: RunConfig) -> Any:
+    """The existing study of ``--from-study STORAGE --study-name NAME``, checked against this problem."""
+    from hypergrad._imports import optional_import
+    from hypergrad.baselines import make_storage
+    from hypergrad.studies import check_study_problem
+
+    optuna = optional_import("optuna", "optuna", purpose="--from-study")
+    if args.resume:
+        raise UsageError("--from-study starts a new run; it cannot be combined with --resume")
+    if not args.study_name:
+        raise UsageError("--from-study needs --study-name NAME (the study to start from)")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=args.study_name, storage=make_storage(args.from_study))
+    except KeyError:
+        raise UsageError(f"no study {args.study_name!r} in --from-study {args.from_study!r}") from None
+    key = {"inner_steps": cfg.inner_steps, "batch_size": cfg.batch_size, "per": cfg.per, "seed": cfg.seed,
+           "meta_loss": cfg.meta_loss, "dataset": run.dataset, "hidden": list(run.hidden), "n_train": run.n_train}
+    check_study_problem(study, key)
+    return study
 
 
 # ---------------------------------------------------------------------- check-grad
@@ -312,6 +354,13 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--study-name", default="hypergrad-compare",
                    help="prefix of the study names (<name>.<method>.seed<S>); studies resume")
     o.add_argument("--n-jobs", type=_positive_int, default=1, help="parallel Optuna trials (threads) per study")
+    o.add_argument("--worker", type=int_flag(0), default=None, metavar="I",
+                   help="this worker's index (0, 1, ...) on a shared --storage: its sampler is seeded from "
+                        "--seed and I, so a stored run is reproducible. Without it the sampler is seeded from "
+                        "--seed and the process id (workers never repeat each other's points, but a rerun "
+                        "draws other points). With several workers TPE also sees the others' trials in the "
+                        "order they finish, so only a single worker's search repeats exactly; gradient methods "
+                        "are reproducible by seed either way. Their meta steps are stored as trials too")
     o.add_argument("--pruner", choices=PRUNERS, default="none",
                    help="median: prune on intermediate validation losses (off by default: budgets stay comparable)")
     o.add_argument("--prune-every", type=_positive_int, default=None,
@@ -355,7 +404,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     storage = make_storage(args.storage)
     settings = OptunaSettings(
         storage=storage, study_name=args.study_name, pruner=args.pruner, prune_every=args.prune_every,
-        n_jobs=args.n_jobs, space=space,
+        n_jobs=args.n_jobs, space=space, worker=args.worker,
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     seeds = list(range(cfg.seed, cfg.seed + args.seeds))

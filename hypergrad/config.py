@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from hypergrad.hyperparams import GRANULARITIES
 from hypergrad.methods import method_names
 
@@ -180,11 +182,20 @@ class RunConfig:
     hidden: tuple[int, ...] = _field((50, 50, 50), "hidden layer sizes of the tanh MLP", minimum=1,
                                      metavar="50,50,50", group="data")
     n_train: int | None = _field(None, "MNIST training images", minimum=1, none="10000", group="data")
+    device: str | None = _field(None, "where to tune: cpu, cuda or cuda:N (model, data, hyperparameters, Adam "
+                                "state and solves all live there)", none="cpu; each rank's GPU under torchrun "
+                                "with NCCL", metavar="DEVICE", group="data")
     logdir: str | None = _field(None, "TensorBoard logs and checkpoints", metavar="DIR", group="output")
     out: str | None = _field(None, "results JSON", none="DIR/results.json", metavar="FILE", group="output")
 
     def __post_init__(self) -> None:
         _validate(self)
+        if self.device is not None:
+            try:
+                torch.device(self.device)
+            except (RuntimeError, ValueError):
+                raise ConfigError(f"device={self.device!r} is not a torch device; expected cpu, cuda or cuda:N"
+                                  ) from None
 
 
 # ---------------------------------------------------------------------- what a field accepts

@@ -87,8 +87,10 @@ class HyperSpec:
             return 2 * sum(math.prod(s) for s in self.param_shapes)
         return 2 * self.num_groups
 
-    def init(self, lr: float, momentum: float, dtype: torch.dtype = torch.float32) -> tuple[Tensor, ...]:
-        """Unconstrained hyperparameters ``(log_lr_0..log_lr_G-1, logit_mom_0..logit_mom_G-1)``."""
+    def init(
+        self, lr: float, momentum: float, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+    ) -> tuple[Tensor, ...]:
+        """Unconstrained hyperparameters ``(log_lr_0..log_lr_G-1, logit_mom_0..logit_mom_G-1)`` on ``device``."""
         if not (lr > 0 and math.isfinite(lr)):
             raise ValueError(f"initial learning rate must be a positive finite number, got {lr!r}")
         if not 0.0 < momentum < 1.0:
@@ -97,8 +99,8 @@ class HyperSpec:
             shapes = list(self.param_shapes)
         else:
             shapes = [torch.Size([])] * self.num_groups
-        log_lr = tuple(torch.full(s, math.log(lr), dtype=dtype) for s in shapes)
-        logit_m = tuple(torch.full(s, _logit(momentum), dtype=dtype) for s in shapes)
+        log_lr = tuple(torch.full(s, math.log(lr), dtype=dtype, device=device) for s in shapes)
+        logit_m = tuple(torch.full(s, _logit(momentum), dtype=dtype, device=device) for s in shapes)
         return log_lr + logit_m
 
     def split(self, hparams: Sequence[Tensor]) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:

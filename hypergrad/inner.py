@@ -30,6 +30,10 @@ tensor with one pair). The user's ``nn.Module`` is run through
   ``torch.func.vmap`` and falls back to a loop over them for models vmap cannot batch
   (``nn.GRU``, ``nn.LSTM``, data-dependent control flow): :attr:`~InnerProblem.batching`.
 
+**Device.** The problem runs where the model's parameters are (:attr:`InnerProblem.device`):
+the data are moved there by their source, and every state, hyperparameter and solve
+follows the weights.
+
 The data sit behind a :class:`~hypergrad.data.source.DataSource`: :meth:`InnerProblem.schedule`
 gives the ``T`` minibatches of one inner run, :meth:`InnerProblem.sample_batches` ``M``
 independent ones, :meth:`InnerProblem.full_batch` a whole split.
@@ -65,6 +69,7 @@ from hypergrad.data.source import (
     as_batch,
     as_source,
     batch_len,
+    batch_to,
     shard_batch,
 )
 from hypergrad.data.source import stack_batches as stack_batches
@@ -203,6 +208,11 @@ class InnerProblem:
         self._local = threading.local()
         self.buffers: dict[str, Tensor] = {n: b.detach() for n, b in self._functional.named_buffers()}
         self.batching, self.batching_reason = "auto", ""
+        #: Where the problem runs: the device of the model's first trainable tensor. The data
+        #: are delivered there (in-memory tensors moved once, loader batches as they are read).
+        self.device = self.w0[0].device if self.w0 else torch.device("cpu")
+        self.train_source = self.train_source.to(self.device)
+        self.val_source = self.val_source.to(self.device)
 
     def __repr__(self) -> str:
         return (f"InnerProblem(model={type(self.model).__name__}, train={type(self.train_source).__name__}, "
@@ -234,7 +244,7 @@ class InnerProblem:
 
     @x_train.setter
     def x_train(self, x: Inputs) -> None:
-        self.train_source = TensorSource(x, self._tensors("train").y, name="train_data")
+        self.train_source = TensorSource(x, self._tensors("train").y, name="train_data").to(self.device)
 
     @property
     def y_train(self) -> Tensor:
@@ -247,7 +257,7 @@ class InnerProblem:
 
     @x_val.setter
     def x_val(self, x: Inputs) -> None:
-        self.val_source = TensorSource(x, self._tensors("val").y, name="val_data")
+        self.val_source = TensorSource(x, self._tensors("val").y, name="val_data").to(self.device)
 
     @property
     def y_val(self) -> Tensor:
@@ -305,7 +315,7 @@ class InnerProblem:
             if isinstance(item, Tensor):  # a row of indices
                 yield next(iter(self._training_batches(item.unsqueeze(0))))
             else:
-                batch = as_batch(item, "batches")
+                batch = batch_to(as_batch(item, "batches"), self.device)
                 yield batch if shard is None else shard_batch(batch, *shard)
 
     # ------------------------------------------------------------------ the model
@@ -510,7 +520,7 @@ class InnerProblem:
         with the size of the split (the RBP methods' meta-loss gradient).
         """
         leaves = tuple(w.detach().requires_grad_(True) for w in weights)
-        total = torch.zeros((), dtype=leaves[0].dtype if leaves else torch.float32)
+        total = torch.zeros((), dtype=leaves[0].dtype if leaves else torch.float32, device=self.device)
         grads = [torch.zeros_like(w) for w in leaves]
         count = 0
         with torch.enable_grad():
@@ -536,7 +546,7 @@ class InnerProblem:
         Means over examples, batch by batch (chunks of ``chunk`` for in-memory data).
         Non-finite values are reported as they are, never raised.
         """
-        source = self._source(data) if isinstance(data, str) else as_source(data, "data")
+        source = self._source(data) if isinstance(data, str) else as_source(data, "data").to(self.device)
         metric = self.metric if self.metric is not None else default_metric
         name = getattr(self.metric, "__name__", "metric") if self.metric is not None else "accuracy"
         if name == "<lambda>":

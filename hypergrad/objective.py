@@ -42,7 +42,7 @@ from torch import Tensor
 
 from hypergrad._tree import Tree, tree_isfinite, tree_norm
 from hypergrad.config import TuneConfig
-from hypergrad.data.source import Batch, Batches
+from hypergrad.data.source import Batch, Batches, stack_batches
 from hypergrad.hyperparams import HyperSpec
 from hypergrad.inner import InnerProblem
 from hypergrad.linalg import SolveInfo
@@ -65,7 +65,13 @@ class MetaObjective:
             ``batch_size``, ``meta_loss``, ``hyper_batches``, ``fixed_point_batch``, ``truncate``,
             ``stop_on_growth``, ``batch_hyper``, ``init_lr``/``init_momentum`` and ``method``
             are read here).
-        x_test, y_test: optional test set reported by :meth:`evaluate`.
+        test_data: optional test set reported by :meth:`evaluate` (anything
+            :func:`~hypergrad.data.source.as_source` accepts; ``x_test, y_test`` is the old form).
+
+    Every inner run (:meth:`value`, :meth:`evaluate`, :meth:`hypergradient`) runs inside
+    ``problem.rng(seed(salt))``: Dropout masks are a function of the run's seed and salt,
+    identical for every method, and the global generators are left as they were.
+    Hyperparameters are moved to the problem's device (:attr:`InnerProblem.device`).
     """
 
     def __init__(
@@ -73,14 +79,19 @@ class MetaObjective:
         problem: InnerProblem,
         config: TuneConfig,
         *,
+        test_data: Any = None,
         x_test: Tensor | None = None,
         y_test: Tensor | None = None,
     ) -> None:
         if problem.per != config.per:
             raise ValueError(f"problem granularity {problem.per!r} differs from config.per {config.per!r}")
+        if x_test is not None and y_test is not None:
+            if test_data is not None:
+                raise TypeError("pass the test set either as test_data=(x, y) or as x_test=, y_test=, not both")
+            test_data = (x_test, y_test)
+        self.test_data = test_data
         self.problem = problem
         self.config = config
-        self.x_test, self.y_test = x_test, y_test
 
     @property
     def spec(self) -> HyperSpec:
@@ -123,16 +134,23 @@ class MetaObjective:
     # ------------------------------------------------------------------ values
     def initial_hparams(self) -> tuple[Tensor, ...]:
         """The configured start (``init_lr``, ``init_momentum``) in unconstrained coordinates."""
-        dtype = self.problem.w0[0].dtype
-        return tuple(h.detach() for h in self.spec.init(self.config.init_lr, self.config.init_momentum, dtype))
+        problem = self.problem
+        return tuple(h.detach() for h in self.spec.init(self.config.init_lr, self.config.init_momentum,
+                                                        problem.w0[0].dtype, problem.device))
 
     def meta_loss(self, weights: Sequence[Tensor]) -> Tensor:
         """The meta loss of inner weights: validation loss (default) or the whole training loss."""
         return self.problem.eval_loss(weights, self.meta_split)
 
+    def _hp(self, hparams: Tree) -> tuple[Tensor, ...]:
+        """Detached hyperparameters on the problem's device."""
+        device = self.problem.device
+        return tuple(h.detach().to(device) for h in hparams)
+
     def train(self, hparams: Tree, salt: int, *, on_step: Callable[[int, Tree], None] | None = None) -> Tree:
         """One inner training (no graph) with ``hparams`` on the batches of ``salt``; returns :math:`h_T`."""
-        return self.problem.train(tuple(h.detach() for h in hparams), self.batches(salt), on_step=on_step)
+        with self.problem.rng(self.seed(salt)):
+            return self.problem.train(self._hp(hparams), self.batches(salt), on_step=on_step)
 
     def value(self, hparams: Tree, salt: int, *, on_step: Callable[[int, Tree], None] | None = None) -> float:
         """The meta loss of ``hparams``: ONE inner training on the batches of ``salt``, then its meta loss.
@@ -140,24 +158,35 @@ class MetaObjective:
         The black-box objective (one Optuna trial). The same inner run as
         :meth:`hypergradient` and :meth:`evaluate`; non-finite losses are returned as they are.
         """
-        h_t = self.train(hparams, salt, on_step=on_step)
-        with torch.no_grad():
-            return float(self.meta_loss(h_t[: self.problem.num_tensors]))
+        with self.problem.rng(self.seed(salt)):
+            h_t = self.problem.train(self._hp(hparams), self.batches(salt), on_step=on_step)
+            with torch.no_grad():
+                return float(self.meta_loss(h_t[: self.problem.num_tensors]))
 
     def evaluate(self, hparams: Tree, salt: int = -1) -> dict[str, float]:
-        """Train once with ``hparams`` (the batches of ``salt``) and report losses and accuracies."""
+        """Train once with ``hparams`` (the batches of ``salt``) and report losses and the metric.
+
+        Returns ``val_loss``, ``train_loss`` (the meta loss's definition), and, where the
+        test set is given, ``test_loss``; beside them ``test_<metric>`` and ``val_<metric>``
+        where a metric applies (:meth:`InnerProblem.evaluate`: ``accuracy`` for class targets,
+        the ``metric=`` callable's name, nothing for a regression without one). Never raises
+        on non-finite values (a blown-up run reports ``nan``/``inf``).
+        """
         problem = self.problem
-        h_t = problem.train(hparams, self.batches(salt))
-        w = h_t[: problem.num_tensors]
-        with torch.no_grad():
-            out = {
-                "val_loss": float(problem.eval_loss(w, "val")),
-                "train_loss": float(problem.eval_loss(w, "train")),
-            }
-            if self.x_test is not None and self.y_test is not None:
-                out["test_loss"] = float(problem.loss_fn(problem.forward(w, self.x_test), self.y_test))
-                out["test_accuracy"] = problem.accuracy(w, self.x_test, self.y_test)
-            out["val_accuracy"] = problem.accuracy(w, *problem.full_batch("val"))
+        with problem.rng(self.seed(salt)):
+            h_t = problem.train(self._hp(hparams), self.batches(salt))
+            w = h_t[: problem.num_tensors]
+            with torch.no_grad():
+                out = {
+                    "val_loss": float(problem.eval_loss(w, "val")),
+                    "train_loss": float(problem.eval_loss(w, "train")),
+                }
+                if self.test_data is not None:
+                    test = problem.evaluate(w, self.test_data)
+                    out["test_loss"] = test.pop("loss")
+                    out.update({f"test_{k}": v for k, v in test.items()})
+                val = problem.evaluate(w, "val")
+                out.update({f"val_{k}": v for k, v in val.items() if k != "loss"})
         return out
 
     # ------------------------------------------------------------------ hypergradients
@@ -175,14 +204,15 @@ class MetaObjective:
         """
         method = method or self.config.method
         batches = self.batches(salt) if batches is None else batches
-        hp = tuple(h.detach() for h in hparams)
-        if get_method(method).family == "unrolled":
-            return self._unrolled(hp, batches, method)
-        start = time.perf_counter()
-        h_t = self.problem.train(hp, batches)
-        inner_seconds = time.perf_counter() - start
-        return dataclasses.replace(self.fixed_point_hypergradient(h_t, hp, salt, method=method),
-                                   inner_seconds=inner_seconds)
+        hp = self._hp(hparams)
+        with self.problem.rng(self.seed(salt)):
+            if get_method(method).family == "unrolled":
+                return self._unrolled(hp, batches, method)
+            start = time.perf_counter()
+            h_t = self.problem.train(hp, batches)
+            inner_seconds = time.perf_counter() - start
+            return dataclasses.replace(self.fixed_point_hypergradient(h_t, hp, salt, method=method),
+                                       inner_seconds=inner_seconds)
 
     def _unrolled(self, hp: Tree, batches: Sequence[Batch], method: str) -> HypergradResult:
         """BPTT / TBPTT by :func:`hypergrad.methods.gradient`: back-propagation through the last ``K`` steps."""
@@ -232,7 +262,7 @@ class MetaObjective:
         if not (tree_isfinite(h_t) and tree_isfinite(gw) and bool(torch.isfinite(meta_loss))):
             # The inner training blew up: the caller sees a non-finite meta loss and applies the
             # divergence policy; nothing non-finite is returned.
-            nan = torch.full((), float("nan"), dtype=meta_loss.dtype)
+            nan = torch.full((), float("nan"), dtype=meta_loss.dtype, device=meta_loss.device)
             return HypergradResult(grad=tuple(torch.zeros_like(h) for h in hp), state=h_t, meta_loss=nan,
                                    solver=SolverStats(method=method, skipped="non-finite inner state"))
         state_grad = tuple(gw) + tuple(torch.zeros_like(v) for v in h_t[n:])
@@ -270,8 +300,7 @@ class MetaObjective:
         """Per-minibatch hypergradients from ONE solve of the stacked (block-diagonal) system."""
         problem = self.problem
         m = len(batches)
-        xs = torch.stack([x for x, _ in batches])
-        ys = torch.stack([y for _, y in batches])
+        xs, ys = stack_batches(batches)  # tuple inputs stacked input by input
 
         def stack(tree: Tree) -> Tree:
             return tuple(t.unsqueeze(0).expand(m, *t.shape).clone() for t in tree)

@@ -19,13 +19,17 @@ started with.
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from hypergrad.callbacks import Callback
+from hypergrad.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from hypergrad.config import DIVERGENCE_POLICIES, TuneConfig, tune_config
 from hypergrad.divergence import DivergenceError
 from hypergrad.hyperparams import HyperSpec
@@ -34,6 +38,7 @@ from hypergrad.methods import method_names
 from hypergrad.objective import MetaObjective
 from hypergrad.records import MetaStepRecord, TuneResult
 from hypergrad.strategies import SearchState, Strategy, get_strategy
+from hypergrad.validation import check_problem
 
 __all__ = [
     "DIVERGENCE_POLICIES",
@@ -41,10 +46,29 @@ __all__ = [
     "Callback",
     "DivergenceError",
     "TuneConfig",
+    "TuneError",
     "TuneResult",
     "Tuner",
     "tune",
 ]
+
+class TuneError(RuntimeError):
+    """A tuning run failed after its validation; what it finished is kept.
+
+    The cause (the user's model, loss, metric or callback raising, or a divergence under
+    ``on_divergence="stop"``) is ``__cause__``.
+
+    Attributes:
+        result: a :class:`TuneResult` of the finished meta steps (``history``, the best and
+            the current hyperparameters; ``evaluation`` is empty: no final evaluation ran).
+        step: the meta step that failed (``None``: the final evaluation failed).
+        checkpoint: the checkpoint holding the finished steps (``None`` without ``checkpoint_dir``).
+    """
+
+    def __init__(self, message: str, *, result: TuneResult, step: int | None, checkpoint: Path | None) -> None:
+        super().__init__(message)
+        self.result, self.step, self.checkpoint = result, step, checkpoint
+
 
 #: The hypergradient methods' names (:func:`hypergrad.methods.method_names`), kept for callers of the tuner.
 TUNE_METHODS = method_names()
@@ -61,7 +85,8 @@ class Tuner:
         problem: the inner problem.
         config: the run's settings.
         callbacks: observers (:class:`~hypergrad.callbacks.Callback` subclasses).
-        x_test, y_test: optional test set reported in the result's evaluation.
+        test_data: optional test set reported in the result's evaluation (``x_test, y_test``:
+            the old form).
         strategy: a name in :data:`hypergrad.strategies.STRATEGIES` or a
             :class:`~hypergrad.strategies.Strategy` instance.
     """
@@ -72,6 +97,7 @@ class Tuner:
         config: TuneConfig,
         *,
         callbacks: Sequence[Callback] = (),
+        test_data: Any = None,
         x_test: Tensor | None = None,
         y_test: Tensor | None = None,
         strategy: str | Strategy = "gradient",
@@ -80,7 +106,7 @@ class Tuner:
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks[{i}] is a {type(cb).__name__}, not a hypergrad.callbacks.Callback; "
                                 "subclass Callback and override the hooks you need")
-        self.objective = MetaObjective(problem, config, x_test=x_test, y_test=y_test)
+        self.objective = MetaObjective(problem, config, test_data=test_data, x_test=x_test, y_test=y_test)
         self.problem = problem
         self.config = config
         self.callbacks = list(callbacks)
@@ -153,6 +179,13 @@ class Tuner:
         self._after_step(record)
         return record
 
+    def partial_result(self) -> TuneResult:
+        """The run so far, without a final evaluation: the history, the best and the current hyperparameters."""
+        state = self.state
+        return TuneResult(spec=self.spec, config=self.config, best=tuple(b.detach().clone() for b in state.best),
+                          final=tuple(h.detach().clone() for h in state.hparams), history=list(state.history),
+                          evaluation={}, best_step=state.best_step)
+
     def finish(self) -> TuneResult:
         """The strategy's final evaluation (initial, best and final hyperparameters on one identical run)."""
         result = self.strategy.finish(self.objective, self.config, self.state)
@@ -181,25 +214,68 @@ class Tuner:
         return result
 
 
+def _checkpoint_state(tuner: Tuner) -> dict[str, Any]:
+    return {"api": "tune", "tuner": tuner.state_dict()}
+
+
+def _resume(tuner: Tuner, folder: Path, cfg: TuneConfig) -> None:
+    """Load ``folder``'s checkpoint of an earlier :func:`tune` call with the same settings (``meta_steps`` aside)."""
+    state = load_checkpoint(folder)
+    if state.get("api") != "tune" or not isinstance(state.get("tuner"), dict):
+        raise ValueError(f"checkpoint_dir {str(folder)!r} holds a checkpoint of another kind of run "
+                         "(e.g. 'hypergrad tune'); pass another folder")
+    saved = dict(state["tuner"].get("config", {}))
+    mine = cfg.to_dict()
+    changed = sorted(k for k in mine if k != "meta_steps" and saved.get(k, mine[k]) != mine[k])
+    if changed:
+        raise ValueError(f"checkpoint_dir {str(folder)!r} was written with other settings "
+                         f"({', '.join(f'{k}={saved[k]!r}' for k in changed)}); pass the same ones to resume")
+    tuner.load_state_dict(state["tuner"])
+
+
 def tune(
     model: nn.Module,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
-    train_data: tuple[Tensor, Tensor],
-    val_data: tuple[Tensor, Tensor],
+    train_data: Any,
+    val_data: Any,
     *,
-    test_data: tuple[Tensor, Tensor] | None = None,
+    test_data: Any = None,
+    metric: Callable[[Tensor, Tensor], Tensor | float] | None = None,
     callbacks: Sequence[Callback] = (),
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    device: str | torch.device | None = None,
     **config: Any,
 ) -> TuneResult:
-    """Tune per-tensor learning rates and momenta of ``model`` for SGD with momentum.
+    """Tune per-tensor learning rates and momenta of ``model`` for SGD with momentum (paper §5.3).
+
+    The model, the loss and the data are checked once, before any tuning work, with one dry
+    step (:func:`hypergrad.validation.check_problem`): misuse raises a ``TypeError`` or
+    ``ValueError`` that names the argument. After that, a failure of anything the user
+    supplied (model, loss, metric, callback) raises :class:`TuneError` carrying the finished
+    meta steps (``exc.result``); with ``checkpoint_dir`` they are also on disk.
 
     Args:
-        model: the user's module; its current weights are the inner runs' start.
-        loss_fn: ``loss_fn(outputs, targets) -> scalar``.
-        train_data: ``(x, y)`` for the inner training.
-        val_data: ``(x, y)`` for the validation meta loss and best tracking.
-        test_data: optional ``(x, y)`` reported in ``result.evaluation``.
+        model: the user's module, in the mode it should be trained in (train mode: BatchNorm
+            normalises with batch statistics and Dropout draws masks; see ``docs/tuning.md``).
+            Its current weights are the inner runs' start; it is never modified.
+        loss_fn: ``loss_fn(outputs, targets) -> scalar`` (the mean over the batch).
+        train_data, val_data: ``(x, y)`` tensors or NumPy arrays (``x`` may be a tuple of
+            tensors, passed as ``model(*x)``), a ``Dataset``, a ``DataLoader`` or any
+            re-iterable of ``(x, y)`` batches. The inner runs train on ``train_data``; the
+            meta loss (and the best tracking) is the loss on ``val_data``.
+        test_data: optional, of the same forms; reported in ``result.evaluation``.
+        metric: ``metric(outputs, targets) -> number`` reported beside the loss
+            (``val_<name>``, ``test_<name>``). Default: accuracy for integer class targets
+            with ``(N, C)`` outputs, nothing otherwise (a regression reports its loss only).
         callbacks: observers (e.g. :class:`hypergrad.callbacks.TensorBoardLogger`).
+        checkpoint_dir: a folder for a checkpoint written after every meta step (the format
+            of ``hypergrad tune``'s, :mod:`hypergrad.checkpoint`).
+        resume: continue the run checkpointed in ``checkpoint_dir`` (same settings; a larger
+            ``meta_steps`` extends it). Without it, a folder that holds a checkpoint is refused.
+        device: where to tune (e.g. ``"cuda"``); default: the model's device. Another device
+            tunes a copy of the model moved there. Hyperparameters, Adam's state, the batches
+            and the RBP solves all live on it.
         **config: fields of :class:`TuneConfig` (``strategy``, ``budget``, ``method``, ``inner_steps``, ...):
             ``strategy`` names the meta loop (:data:`hypergrad.strategies.STRATEGIES`) and
             ``budget`` the inner trainings of ``T`` steps the whole run spends (default ``meta_steps``).
@@ -207,6 +283,10 @@ def tune(
     Returns:
         A :class:`TuneResult`; ``torch.optim.SGD(result.param_groups(model))``
         trains with the tuned hyperparameters.
+
+    Raises:
+        TypeError, ValueError: invalid settings, model, loss or data (before any meta step).
+        TuneError: a failure after the validation, with the finished steps.
 
     Example:
         >>> import torch, torch.nn.functional as F, hypergrad
@@ -220,10 +300,50 @@ def tune(
         ['0.bias']
     """
     cfg = tune_config(config)  # TypeError naming unknown keywords; ConfigError (a ValueError) for bad values
-    problem = InnerProblem(
-        model, loss_fn, train_data[0], train_data[1], val_data[0], val_data[1],
-        batch_size=cfg.batch_size, per=cfg.per,
-    )
-    x_test, y_test = test_data if test_data is not None else (None, None)
-    tuner = Tuner(problem, cfg, callbacks=callbacks, x_test=x_test, y_test=y_test, strategy=cfg.strategy)
-    return tuner.run()
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume must be True or False, got {resume!r}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs the checkpoint_dir of the run to continue")
+    if isinstance(model, nn.Module) and device is not None:
+        device = torch.device(device)
+        if any(p.device != device for p in model.parameters()):
+            model = copy.deepcopy(model).to(device)
+    problem, _ = check_problem(model, loss_fn, train_data, val_data, test_data=test_data,
+                               batch_size=cfg.batch_size, per=cfg.per, metric=metric)
+    tuner = Tuner(problem, cfg, callbacks=callbacks, test_data=test_data, strategy=cfg.strategy)
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if folder is not None:
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"checkpoint_dir {str(folder)!r} exists and is not a directory")
+        if (folder / CHECKPOINT_NAME).exists():
+            if not resume:
+                raise ValueError(f"checkpoint_dir {str(folder)!r} already holds a checkpoint; pass resume=True "
+                                 "to continue it, or another folder")
+            _resume(tuner, folder, cfg)
+        elif resume:
+            raise ValueError(f"resume=True but checkpoint_dir {str(folder)!r} holds no checkpoint")
+
+    def on_checkpoint(t: Tuner) -> None:
+        if folder is not None:
+            save_checkpoint(folder, _checkpoint_state(t))
+
+    stepping = [tuner.step_count < cfg.meta_steps]  # False once the meta steps are done: the final evaluation
+
+    def after_steps(t: Tuner) -> None:
+        on_checkpoint(t)
+        stepping[0] = t.step_count < cfg.meta_steps
+
+    try:
+        return tuner.run(on_checkpoint=after_steps)
+    except Exception as exc:  # the user's model, loss, metric or a callback failed: keep what was finished
+        partial = tuner.partial_result()
+        done = len(partial.history)
+        where = f"meta step {tuner.step_count}" if stepping[0] else "the final evaluation"
+        best = "" if not math.isfinite(tuner.best_loss) else f"; best validation loss {tuner.best_loss:.6g}"
+        saved = f", and in {str(folder / CHECKPOINT_NAME)!r}" if folder is not None and done else ""
+        raise TuneError(
+            f"tuning failed in {where} [{type(exc).__name__}: {exc}]; the {done} finished meta step(s) are "
+            f"in the exception's .result{saved}{best}",
+            result=partial, step=tuner.step_count if stepping[0] else None,
+            checkpoint=folder / CHECKPOINT_NAME if folder is not None and done else None,
+        ) from exc

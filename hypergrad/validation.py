@@ -41,7 +41,7 @@ from hypergrad.data.source import (
 from hypergrad.distributed import DataParallel
 from hypergrad.inner import InnerProblem
 
-__all__ = ["ProblemReport", "check_problem", "validate_problem"]
+__all__ = ["ProblemReport", "check_problem", "second_order_hint", "validate_problem"]
 
 logger = logging.getLogger("hypergrad")
 
@@ -185,20 +185,30 @@ def _hypergradient(step: Callable[[tuple, tuple], tuple], state: tuple, hp: tupl
         torch.autograd.grad(sum(o.sum() for o in out), state + hp, allow_unused=True)
 
 
+def second_order_hint(model: nn.Module, device: torch.device) -> str:
+    """What to do when the double backward fails: cuDNN's RNN kernels have none (``nn.GRU``/``LSTM`` on CUDA)."""
+    if device.type == "cuda" and any(isinstance(m, nn.RNNBase) for m in model.modules()):
+        return ("; cuDNN's RNN kernels (nn.GRU, nn.LSTM, nn.RNN on CUDA) have no double backward: tune on the "
+                "CPU (device='cpu'), or call hypergrad inside `with torch.backends.cudnn.flags(enabled=False):` "
+                "so that torch uses its native RNN kernels")
+    return ""
+
+
 def _second_order(problem: InnerProblem, batch: Batch, probe_batching: bool) -> None:
     """Every hypergradient differentiates through the gradient: check that the model supports it.
 
     With ``probe_batching``, also through :meth:`~InnerProblem.step_batched` on two stacked
     copies of the batch, switching it to its loop where vmap fails (forward or backward).
     """
-    hp = problem.spec.init(0.1, 0.5, problem.w0[0].dtype)
+    hp = problem.spec.init(0.1, 0.5, problem.w0[0].dtype, problem.device)
     x, y = batch
     try:
         _hypergradient(lambda s, p: problem.step(s, p, x, y), problem.initial_state(), hp)
     except (RuntimeError, NotImplementedError) as exc:
         raise ValueError(f"model: the hypergradient needs second derivatives of loss_fn through the model "
                          f"(a step with create_graph=True and its backward), which failed "
-                         f"[{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}]") from exc
+                         f"[{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}]"
+                         f"{second_order_hint(problem.model, problem.device)}") from exc
     if not probe_batching or problem.batching == "loop":
         return
     xs, ys = stack_batches([(x, y), (x, y)])

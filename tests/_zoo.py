@@ -33,21 +33,24 @@ N_TRAIN, N_VAL, BATCH = 64, 32, 16
 
 @dataclass(frozen=True)
 class ZooCase:
-    """``build() -> (model, loss_fn, (x_train, y_train), (x_val, y_val))`` (seeded)."""
+    """``build() -> (model, loss_fn, (x_train, y_train), (x_val, y_val))`` (seeded).
+
+    ``build(n_train, n_val)`` gives larger data sets of the same task (the benchmark's).
+    """
 
     name: str
-    build: Callable[[], tuple[nn.Module, Callable[[Tensor, Tensor], Tensor], Any, Any]]
+    build: Callable[..., tuple[nn.Module, Callable[[Tensor, Tensor], Tensor], Any, Any]]
     metric: str | None = "accuracy"  # what the problem reports beside the loss by default
     batching: str = "vmap"
     stochastic: bool = False  # draws random numbers in the forward pass (Dropout)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _split(x: Any, y: Tensor) -> tuple[Any, Any]:
+def _split(x: Any, y: Tensor, n_train: int = N_TRAIN, n_val: int = N_VAL) -> tuple[Any, Any]:
     def cut(a: slice) -> Any:
         return (tuple(t[a] for t in x) if isinstance(x, tuple) else x[a]), y[a]
 
-    return cut(slice(0, N_TRAIN)), cut(slice(N_TRAIN, N_TRAIN + N_VAL))
+    return cut(slice(0, n_train)), cut(slice(n_train, n_train + n_val))
 
 
 def _classes(x: Tensor, k: int, g: torch.Generator) -> Tensor:
@@ -55,32 +58,32 @@ def _classes(x: Tensor, k: int, g: torch.Generator) -> Tensor:
     return (x @ w).argmax(-1)
 
 
-def _mlp() -> Any:
+def _mlp(n_train: int = N_TRAIN, n_val: int = N_VAL) -> Any:
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(N_TRAIN + N_VAL, 8, generator=g)
+    x = torch.randn(n_train + n_val, 8, generator=g)
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3))
-    return (model, F.cross_entropy, *_split(x, _classes(x, 3, g)))
+    return (model, F.cross_entropy, *_split(x, _classes(x, 3, g), n_train, n_val))
 
 
-def _cnn() -> Any:
+def _cnn(n_train: int = N_TRAIN, n_val: int = N_VAL) -> Any:
     from sklearn.datasets import load_digits
 
     xs, ys = load_digits(return_X_y=True)
-    x = torch.tensor(xs[: N_TRAIN + N_VAL], dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
-    y = torch.tensor(ys[: N_TRAIN + N_VAL], dtype=torch.int64)
+    x = torch.tensor(xs[: n_train + n_val], dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
+    y = torch.tensor(ys[: n_train + n_val], dtype=torch.int64)
     torch.manual_seed(2)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
                           nn.Linear(4 * 4 * 4, 10))
-    return (model, F.cross_entropy, *_split(x, y))
+    return (model, F.cross_entropy, *_split(x, y, n_train, n_val))
 
 
-def _bn_dropout() -> Any:
+def _bn_dropout(n_train: int = N_TRAIN, n_val: int = N_VAL) -> Any:
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(N_TRAIN + N_VAL, 8, generator=g) * 3 + 1
+    x = torch.randn(n_train + n_val, 8, generator=g) * 3 + 1
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3))
-    return (model.train(), F.cross_entropy, *_split(x, _classes(x, 3, g)))
+    return (model.train(), F.cross_entropy, *_split(x, _classes(x, 3, g), n_train, n_val))
 
 
 class GRUClassifier(nn.Module):
@@ -94,30 +97,30 @@ class GRUClassifier(nn.Module):
         return self.head(h[-1])
 
 
-def _gru() -> Any:
+def _gru(n_train: int = N_TRAIN, n_val: int = N_VAL) -> Any:
     g = torch.Generator().manual_seed(4)
-    x = torch.randn(N_TRAIN + N_VAL, 6, 3, generator=g)
+    x = torch.randn(n_train + n_val, 6, 3, generator=g)
     y = (x[:, :, 0].sum(1) > 0).long()
     torch.manual_seed(4)
-    return (GRUClassifier(), F.cross_entropy, *_split(x, y))
+    return (GRUClassifier(), F.cross_entropy, *_split(x, y, n_train, n_val))
 
 
-def _regression() -> Any:
+def _regression(n_train: int = N_TRAIN, n_val: int = N_VAL) -> Any:
     g = torch.Generator().manual_seed(5)
-    x = torch.randn(N_TRAIN + N_VAL, 8, generator=g)
-    y = torch.tanh(x @ torch.randn(8, 4, generator=g)) + 0.05 * torch.randn(N_TRAIN + N_VAL, 4, generator=g)
+    x = torch.randn(n_train + n_val, 8, generator=g)
+    y = torch.tanh(x @ torch.randn(8, 4, generator=g)) + 0.05 * torch.randn(n_train + n_val, 4, generator=g)
     torch.manual_seed(5)
     model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4))
-    return (model, F.mse_loss, *_split(x, y))
+    return (model, F.mse_loss, *_split(x, y, n_train, n_val))
 
 
-def _scalar_reg() -> Any:
+def _scalar_reg(n_train: int = N_TRAIN, n_val: int = N_VAL) -> Any:
     g = torch.Generator().manual_seed(6)
-    x = torch.randn(N_TRAIN + N_VAL, 5, generator=g)
+    x = torch.randn(n_train + n_val, 5, generator=g)
     y = x[:, 0] * 0.5 - x[:, 1] ** 2 * 0.2
     torch.manual_seed(6)
     model = nn.Sequential(nn.Linear(5, 12), nn.Tanh(), nn.Linear(12, 1), nn.Flatten(0))
-    return (model, F.mse_loss, *_split(x, y))
+    return (model, F.mse_loss, *_split(x, y, n_train, n_val))
 
 
 class FrozenShared(nn.Module):
@@ -137,19 +140,19 @@ class FrozenShared(nn.Module):
         return self.head(torch.tanh(self.dec(h)))
 
 
-def _frozen_shared() -> Any:
+def _frozen_shared(n_train: int = N_TRAIN, n_val: int = N_VAL) -> Any:
     g = torch.Generator().manual_seed(7)
-    x = torch.randn(N_TRAIN + N_VAL, 8, generator=g)
+    x = torch.randn(n_train + n_val, 8, generator=g)
     torch.manual_seed(7)
-    return (FrozenShared(), F.cross_entropy, *_split(x, _classes(x, 3, g)))
+    return (FrozenShared(), F.cross_entropy, *_split(x, _classes(x, 3, g), n_train, n_val))
 
 
-def _float64() -> Any:
+def _float64(n_train: int = N_TRAIN, n_val: int = N_VAL) -> Any:
     g = torch.Generator().manual_seed(8)
-    x = torch.randn(N_TRAIN + N_VAL, 5, generator=g, dtype=torch.float64)
+    x = torch.randn(n_train + n_val, 5, generator=g, dtype=torch.float64)
     torch.manual_seed(8)
     model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)).double()
-    return (model, F.cross_entropy, *_split(x, _classes(x, 3, g)))
+    return (model, F.cross_entropy, *_split(x, _classes(x, 3, g), n_train, n_val))
 
 
 class MixedDtype(nn.Module):
@@ -164,11 +167,11 @@ class MixedDtype(nn.Module):
         return self.head(torch.tanh(self.features(x)).float())
 
 
-def _mixed_dtype() -> Any:
+def _mixed_dtype(n_train: int = N_TRAIN, n_val: int = N_VAL) -> Any:
     g = torch.Generator().manual_seed(9)
-    x = torch.randn(N_TRAIN + N_VAL, 6, generator=g, dtype=torch.float64)
+    x = torch.randn(n_train + n_val, 6, generator=g, dtype=torch.float64)
     torch.manual_seed(9)
-    return (MixedDtype(), F.cross_entropy, *_split(x, _classes(x, 3, g)))
+    return (MixedDtype(), F.cross_entropy, *_split(x, _classes(x, 3, g), n_train, n_val))
 
 
 class TwoInputs(nn.Module):
@@ -184,13 +187,13 @@ class TwoInputs(nn.Module):
         return self.head(torch.cat([torch.tanh(self.num(x_num)), self.embed(x_cat)], dim=-1))
 
 
-def _two_inputs() -> Any:
+def _two_inputs(n_train: int = N_TRAIN, n_val: int = N_VAL) -> Any:
     g = torch.Generator().manual_seed(10)
-    x_num = torch.randn(N_TRAIN + N_VAL, 6, generator=g)
-    x_cat = torch.randint(0, 5, (N_TRAIN + N_VAL,), generator=g)
+    x_num = torch.randn(n_train + n_val, 6, generator=g)
+    x_cat = torch.randint(0, 5, (n_train + n_val,), generator=g)
     y = (_classes(x_num, 3, g) + x_cat) % 3
     torch.manual_seed(10)
-    return (TwoInputs(), F.cross_entropy, *_split((x_num, x_cat), y))
+    return (TwoInputs(), F.cross_entropy, *_split((x_num, x_cat), y, n_train, n_val))
 
 
 ZOO: dict[str, ZooCase] = {c.name: c for c in (

@@ -220,8 +220,16 @@ def test_make_storage_parses_journal_sqlite_and_rejects_garbage(tmp_path):
     assert make_storage(f"sqlite:///{tmp_path / 'd.db'}") == f"sqlite:///{tmp_path / 'd.db'}"
     with pytest.raises(ValueError, match="cannot read storage"):
         make_storage("study.db")
-    with pytest.raises(ValueError, match="does not exist"):
-        make_storage(str(tmp_path / "missing" / "x.log"))
+    # a storage in a missing folder: the folder is created (journal file and SQLite database)
+    journal = make_storage(str(tmp_path / "missing" / "x.log"))
+    assert (tmp_path / "missing").is_dir()
+    optuna.create_study(storage=journal, study_name="j")
+    url = make_storage(f"sqlite:///{tmp_path / 'new' / 'deeper' / 'e.db'}")
+    optuna.create_study(storage=url, study_name="s")
+    assert (tmp_path / "new" / "deeper" / "e.db").is_file()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="cannot create the folder"):
+        make_storage(str(tmp_path / "file" / "x.log"))
 
 
 def test_sqlite_study_resumes_and_refuses_another_problem(tmp_path):

@@ -111,10 +111,11 @@ def test_sgd_export_retrains_to_the_tuners_own_result():
     problem = tiny_problem()
     objective = MetaObjective(problem, CFG)
     hp = tuple(h.detach() for h in objective.spec.init(0.2, 0.7))
-    sgd = sgd_evaluate(problem, tiny_split(problem), problem.spec, hp, objective.batches(-1))
+    sgd = sgd_evaluate(problem, problem.spec, hp, objective.batches(-1), test_data=(problem.x_val, problem.y_val))
     ev = objective.evaluate(hp, salt=-1)
     assert sgd["val_loss"] == pytest.approx(ev["val_loss"], rel=1e-4)
     assert sgd["val_accuracy"] == pytest.approx(ev["val_accuracy"])
+    assert sgd["test_loss"] == pytest.approx(sgd["val_loss"]) and sgd["test_accuracy"] == sgd["val_accuracy"]
     assert all(torch.equal(a, b) for a, b in zip(problem.w0, [p.detach() for p in problem.model.parameters()]))
 
 
@@ -136,7 +137,10 @@ def test_compare_document_schema():
             assert b == pytest.approx(running)
         assert set(r["best_hyperparameters"]) == set(problems(0)[0].spec.param_names)
         assert {"lr", "momentum", "name"} <= set(r["param_groups"][0])
-        assert 0.0 <= r["sgd_eval"]["test_accuracy"] <= 1.0
+        sgd = r["sgd_eval"]
+        assert sgd["orders"] == 3 and len(sgd["runs"]) == len(sgd["seeds"]) == 3
+        assert 0.0 <= sgd["test_accuracy"]["mean"] <= 1.0 and sgd["test_accuracy"]["n"] == 3
+        assert sgd["val_loss"]["values"] == [run["val_loss"] for run in sgd["runs"]]
     s = doc["summary"]
     assert list(s) == methods
     for m in methods:
@@ -145,8 +149,12 @@ def test_compare_document_schema():
         finals = [r["best_meta_loss"][-1] for r in doc["runs"] if r["method"] == m]
         assert s[m]["best_at"]["100%"]["mean"] == pytest.approx(sum(finals) / 2)
         assert s[m]["best_at"]["25%"]["mean"] >= s[m]["best_at"]["100%"]["mean"]
+        retrained = [v for r in doc["runs"] if r["method"] == m for v in r["sgd_eval"]["test_loss"]["values"]]
+        assert s[m]["sgd"]["test_loss"]["n"] == 6 and s[m]["sgd_orders"] == 6
+        assert s[m]["sgd"]["test_loss"]["mean"] == pytest.approx(sum(retrained) / 6)
     table = markdown_table(s, 8)
     assert table.count("\n| ") == len(methods) and "± " in table
+    assert "test loss (SGD)" in table and "test accuracy (SGD)" in table
 
 
 # ---------------------------------------------------------------------- the CLI functions

@@ -10,6 +10,10 @@
 * ``chunks(size)``: one ordered pass over every example (the meta loss), and ``full()``:
   the whole set as one batch.
 
+Every source delivers its batches on one device: ``source.to(device)`` (what
+:class:`~hypergrad.inner.InnerProblem` calls with the model's device) moves in-memory
+tensors there once and the batches of a ``Dataset`` or a loader as they are read.
+
 A batch is ``(inputs, target)``; ``inputs`` is a tensor, or a tuple of tensors when the
 model takes several (``model(*inputs)``). Three sources:
 
@@ -28,6 +32,7 @@ model takes several (``model(*inputs)``). Three sources:
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -52,6 +57,7 @@ __all__ = [
     "TensorSource",
     "as_source",
     "batch_len",
+    "batch_to",
     "shard_batch",
     "stack_batches",
 ]
@@ -62,6 +68,15 @@ Batch = tuple[Inputs, Tensor]
 
 def _leaves(inputs: Inputs) -> tuple[Tensor, ...]:
     return inputs if isinstance(inputs, tuple) else (inputs,)
+
+
+def batch_to(batch: Batch, device: torch.device | None) -> Batch:
+    """``batch`` with every tensor on ``device`` (``None``: unchanged; no copy when already there)."""
+    if device is None:
+        return batch
+    x, y = batch
+    xs = tuple(t.to(device) for t in _leaves(x))
+    return (xs if isinstance(x, tuple) else xs[0]), y.to(device)
 
 
 def batch_len(batch: Batch) -> int:
@@ -214,6 +229,8 @@ class DataSource(Protocol):
 
     def full(self) -> Batch: ...
 
+    def to(self, device: torch.device | str) -> DataSource: ...
+
 
 class IndexedSource:
     """A source whose examples are addressed by index: batches follow :class:`BatchSchedule`."""
@@ -276,8 +293,22 @@ class TensorSource(IndexedSource):
             raise ValueError(f"{name} is empty: it holds no examples")
         self.num_examples = n
         self._xs = xs
+        self.name = name
+
+    @property
+    def device(self) -> torch.device:
+        return self.y.device
+
+    def to(self, device: torch.device | str) -> TensorSource:
+        """The same examples on ``device`` (this source itself when they are there already)."""
+        device = torch.device(device)
+        if all(t.device == device for t in (*self._xs, self.y)):
+            return self
+        x = tuple(t.to(device) for t in self._xs)
+        return TensorSource(x if isinstance(self.x, tuple) else x[0], self.y.to(device), name=self.name)
 
     def gather(self, idx: Tensor) -> Batch:
+        idx = idx.to(self.y.device)
         x = tuple(t.index_select(0, idx) for t in self._xs)
         return (x if isinstance(self.x, tuple) else x[0]), self.y.index_select(0, idx)
 
@@ -301,9 +332,17 @@ class DatasetSource(IndexedSource):
         if n == 0:
             raise ValueError(f"{name} is empty: the Dataset has length 0")
         self.dataset, self.num_examples, self.name = dataset, n, name
+        self.device: torch.device | None = None
+
+    def to(self, device: torch.device | str) -> DatasetSource:
+        """The same source, its batches moved to ``device`` as they are collated."""
+        moved = copy.copy(self)
+        moved.device = torch.device(device)
+        return moved
 
     def gather(self, idx: Tensor) -> Batch:
-        return as_batch(_collate([self.dataset[i] for i in idx.tolist()]), f"{self.name} (a Dataset)")
+        batch = as_batch(_collate([self.dataset[i] for i in idx.tolist()]), f"{self.name} (a Dataset)")
+        return batch_to(batch, self.device)
 
 
 def _generators(loader: Any) -> list[torch.Generator]:
@@ -335,6 +374,13 @@ class LoaderSource:
         except TypeError:
             self.num_examples = None
         self.batch_size: int | None = getattr(loader, "batch_size", None)
+        self.device: torch.device | None = None
+
+    def to(self, device: torch.device | str) -> LoaderSource:
+        """The same loader, its batches moved to ``device`` as they are read."""
+        moved = copy.copy(self)
+        moved.device = torch.device(device)
+        return moved
 
     @property
     def reproducible(self) -> bool:
@@ -345,7 +391,7 @@ class LoaderSource:
 
     def _one_pass(self) -> Iterator[Batch]:
         for item in self.loader:
-            yield as_batch(item, self.name)
+            yield batch_to(as_batch(item, self.name), self.device)
 
     def stream(self, seed: int) -> Iterator[Batch]:
         """Endless batches: passes over the loader, its generators seeded once with ``seed``."""

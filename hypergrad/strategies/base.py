@@ -128,8 +128,7 @@ class Strategy(ABC):
 
     def init(self, objective: MetaObjective, config: TuneConfig) -> SearchState:
         """The start: the configured initial hyperparameters, current and best."""
-        start = tuple(h.requires_grad_(True) for h in objective.spec.init(
-            config.init_lr, config.init_momentum, objective.problem.w0[0].dtype))
+        start = tuple(h.requires_grad_(True) for h in objective.initial_hparams())
         return SearchState(hparams=start, best=_clone(start))
 
     @abstractmethod
