@@ -162,7 +162,8 @@ def run_hparams(
     problem = getattr(tuner, "problem", None)
     model = getattr(problem, "model", None)
     spec = getattr(tuner, "spec", None)
-    strategy = cfg.pop("strategy", None) or getattr(getattr(tuner, "strategy", None), "name", None)
+    configured = cfg.pop("strategy", None)  # "auto" resolves to the strategy that runs: show that one
+    strategy = getattr(getattr(tuner, "strategy", None), "name", None) or configured
     out: dict[str, HParamValue] = {
         "dataset": dataset if dataset is not None else "user model",
         "model": architecture if architecture is not None else (

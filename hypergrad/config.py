@@ -148,7 +148,7 @@ class TuneConfig:
         "(the update), clip (an exploding hypergradient to --clip or 1; skip a non-finite one), fallback "
         "(rbp -> neumann for that step, else skip) or stop", choices=DIVERGENCE_POLICIES, group="meta")
     strategy: str = _field(
-        "gradient", "the meta loop: gradient (Adam on the hypergradient of --method, the paper's), sign "
+        "auto", "the meta loop: gradient (Adam on the hypergradient of --method, the paper's), sign "
         "(sign steps with per-hyperparameter step sizes, BPTT or RBP by --max-memory, selection on unseen "
         "batch orders), hybrid (TPE, then sign steps from its best trials) or auto (the measured default)",
         choices=STRATEGY_NAMES, group="meta")

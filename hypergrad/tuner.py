@@ -110,7 +110,7 @@ class Tuner:
         self.problem = problem
         self.config = config
         self.callbacks = list(callbacks)
-        self.strategy = get_strategy(strategy)
+        self.strategy = get_strategy(strategy, config)
         self.state: SearchState = self.strategy.init(self.objective, config)
 
     # ------------------------------------------------------------------ read-only views of the state

@@ -45,7 +45,8 @@ from hypergrad.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoi
 from hypergrad.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, main
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_ARGS = ["--dataset", "digits", "--inner-steps", "30", "--meta-steps", "8", "--seed", "3", "--no-progress"]
+RUN_ARGS = ["--dataset", "digits", "--strategy", "gradient", "--inner-steps", "30", "--meta-steps", "8", "--seed", "3",
+            "--no-progress"]
 META_STEPS = 8
 _CHILDREN: list[subprocess.Popen] = []
 WAIT_S = 90.0  # upper bound on any wait for a child (a loaded machine); normally a few seconds

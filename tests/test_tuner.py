@@ -118,7 +118,7 @@ def test_tune_lowers_the_validation_loss_on_digits(method):
     d = load_digits_split(seed=0)
     result = hypergrad.tune(
         _digits_model(), F.cross_entropy, (d.x_train, d.y_train), (d.x_val, d.y_val),
-        test_data=(d.x_test, d.y_test), method=method, inner_steps=40, truncate=5, meta_steps=12,
+        test_data=(d.x_test, d.y_test), strategy="gradient", method=method, inner_steps=40, truncate=5, meta_steps=12,
         batch_size=50, seed=0,
     )
     ev = result.evaluation

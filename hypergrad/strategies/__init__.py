@@ -25,7 +25,9 @@ evaluation (three runs on salt -1) is not counted, as before.
 
 from __future__ import annotations
 
-from hypergrad.config import STRATEGY_NAMES
+import logging
+
+from hypergrad.config import STRATEGY_NAMES, TuneConfig
 from hypergrad.strategies.auto import AutoStrategy
 from hypergrad.strategies.base import SearchState, Strategy, final_evaluation
 from hypergrad.strategies.estimator import Estimator, choose_estimator
@@ -53,6 +55,8 @@ __all__ = [
     "get_strategy",
 ]
 
+logger = logging.getLogger("hypergrad")
+
 #: Name -> strategy class (``Tuner(..., strategy=name)``); its keys are ``hypergrad.config.STRATEGY_NAMES``.
 STRATEGIES: dict[str, type[Strategy]] = {
     "auto": AutoStrategy,
@@ -62,10 +66,23 @@ STRATEGIES: dict[str, type[Strategy]] = {
 }
 
 
-def get_strategy(strategy: str | Strategy) -> Strategy:
-    """A :class:`Strategy` instance from a name in :data:`STRATEGIES` (or the instance itself)."""
+def get_strategy(strategy: str | Strategy, config: TuneConfig | None = None) -> Strategy:
+    """A :class:`Strategy` instance from a name in :data:`STRATEGIES` (or the instance itself).
+
+    ``"auto"`` resolves with ``config``: the sign strategy (:class:`AutoStrategy`) when the run's
+    budget (``config.budget``, else ``config.meta_steps``) holds its search steps and selection
+    runs, else the gradient strategy, the only one that fits a budget that small.
+    """
     if isinstance(strategy, Strategy):
         return strategy
+    if strategy == "auto" and config is not None:
+        auto = AutoStrategy()
+        budget = config.budget if config.budget is not None else config.meta_steps
+        if budget < auto.min_budget():
+            logger.info("strategy auto: a budget of %d inner trainings is below the %d that sign steps and "
+                        "their selection need; running the gradient strategy", budget, auto.min_budget())
+            return GradientStrategy()
+        return auto
     if isinstance(strategy, str) and strategy in STRATEGIES:
         return STRATEGIES[strategy]()
     raise ValueError(
