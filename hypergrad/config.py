@@ -40,6 +40,7 @@ else:  # Python 3.10: the same parser, from PyPI
 __all__ = [
     "DATASETS",
     "DIVERGENCE_POLICIES",
+    "TUNER_METHODS",
     "ConfigError",
     "Option",
     "RunConfig",
@@ -59,6 +60,8 @@ __all__ = [
 
 DIVERGENCE_POLICIES = ("backoff", "skip", "clip", "fallback", "stop")
 DATASETS = ("digits", "mnist")
+#: The methods the Tuner runs: forward mode is in the core only until the Tuner takes it (issue 15).
+TUNER_METHODS = method_names("unrolled") + method_names("implicit")
 
 
 class ConfigError(ValueError):
@@ -145,6 +148,11 @@ class TuneConfig:
 
     def __post_init__(self) -> None:
         _validate(self)
+        if self.method not in TUNER_METHODS:
+            raise ConfigError(
+                f"method={self.method!r} is not supported by the Tuner yet (it runs {', '.join(TUNER_METHODS)}); "
+                f"compute a {self.method} hypergradient with hypergrad.gradient(..., method={self.method!r})"
+            )
         if self.method == "tbptt" and self.truncate > self.inner_steps:
             raise ConfigError(
                 f"truncate ({self.truncate}) must not exceed inner_steps ({self.inner_steps}) for tbptt"

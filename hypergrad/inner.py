@@ -325,6 +325,15 @@ class InnerProblem:
         sgd_momentum_step_(w_new, v_new, grads, lrs, moms)
         return tuple(w_new) + tuple(v_new)
 
+    def functional_step(self, state: Tree, hparams: Tree, x: Inputs, y: Tensor) -> Tree:
+        r""":meth:`step` with :math:`\nabla_w L` by ``torch.func.grad``: the same map, composable with
+        ``torch.func.jvp``/``vmap`` (forward mode, :func:`hypergrad.forward_grad`) and with autograd."""
+        n = self.num_tensors
+        w, v = tuple(state[:n]), tuple(state[n:])
+        grads = torch.func.grad(lambda ws: self.loss(ws, x, y))(w)
+        w_new, v_new = sgd_momentum_step(w, v, grads, *self.spec.per_tensor(hparams))
+        return w_new + v_new
+
     def step_batched(self, state: Tree, hparams: Tree, x: Inputs, y: Tensor) -> Tree:
         r""":meth:`step` for ``M`` minibatches at once: every tensor carries a leading ``M`` axis.
 
