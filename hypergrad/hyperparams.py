@@ -130,9 +130,11 @@ class HyperSpec:
             return 2 * self.segments * sum(math.prod(s) for s in self.param_shapes)
         return 2 * self.segments * self.num_groups
 
-    def segment_of(self, num_steps: int) -> tuple[int, ...]:
-        """The segment of each of ``num_steps`` inner steps (:func:`segment_index`)."""
-        return segment_index(num_steps, self.segments)
+    def segment_of(self, num_steps: int) -> tuple[int, ...] | None:
+        """The segment of each of ``num_steps`` inner steps (:func:`segment_index`); ``None`` without a
+        schedule (``segments == 1``: no segment axis), as ``forward_grad``/``gradient`` take ``segment_of``."""
+        seg = segment_index(num_steps, self.segments)
+        return None if self.segments == 1 else seg
 
     def init(self, lr: float, momentum: float, dtype: torch.dtype = torch.float32) -> tuple[Tensor, ...]:
         """Unconstrained hyperparameters ``(log_lr_0..log_lr_G-1, logit_mom_0..logit_mom_G-1)``.
@@ -173,7 +175,7 @@ class HyperSpec:
         r"""Learning rates :math:`\alpha_i` and momenta :math:`\beta_i` for each parameter tensor.
 
         A schedule (``segments > 1``) needs ``segment``: the values in force at inner step
-        ``t`` are those of ``segment = spec.segment_of(T)[t]``.
+        ``t`` are those of ``segment = segment_index(T, spec.segments)[t]``.
         """
         if self.segments > 1 or segment is not None:
             if self.segments > 1 and segment is None:
@@ -302,7 +304,7 @@ class SGDSchedule(LRScheduler):
         for i, group in enumerate(optimizer.param_groups):
             if group.get("dampening", 0.0) != 0.0 or group.get("nesterov", False):
                 raise ValueError(f"param group {i} must have dampening=0 and nesterov=False")
-        self.segment_of = spec.segment_of(num_steps)
+        self.segment_of = segment_index(num_steps, spec.segments)
         hp = [h.detach() for h in hparams]
         values = [spec.per_tensor(hp, segment=s if spec.segments > 1 else None) for s in range(spec.segments)]
         alpha = [[float(a.double()) for a in lrs] for lrs, _ in values]  # [segment][tensor]

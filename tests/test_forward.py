@@ -116,17 +116,16 @@ def test_segment_gradients_equal_bptt(per: str, segments: int) -> None:
         return problem.functional_step(state, p, *batch)
 
     loss = _meta_loss(problem)
-    got = forward_grad(step, problem.initial_state(), hp, len(batches), loss, inputs=batches,
-                       segment_of=seg if segments > 1 else None)
+    got = forward_grad(step, problem.initial_state(), hp, len(batches), loss, inputs=batches, segment_of=seg)
     if segments > 1:
         assert all(h.shape[0] == segments for h in got)
-    via_wrapper = unrolled_grad(scheduled_step(step, inputs=batches, segment_of=seg if segments > 1 else None),
+    via_wrapper = unrolled_grad(scheduled_step(step, inputs=batches, segment_of=seg),
                                 problem.initial_state(), hp, len(batches), loss)
     calls = iter(range(len(batches)))
 
     def by_hand(state, p):  # the segmented closure written out, independent of scheduled_step
         t = next(calls)
-        return problem.step(state, spec.at_segment(p, seg[t]), *batches[t])
+        return problem.step(state, p if seg is None else spec.at_segment(p, seg[t]), *batches[t])
 
     want = unrolled_grad(by_hand, problem.initial_state(), hp, len(batches), loss)
     assert rel_err(via_wrapper, want) < 1e-13
