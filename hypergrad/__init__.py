@@ -21,7 +21,7 @@ ICML 2018. The public namespace:
 from hypergrad import linalg, methods
 from hypergrad.config import TuneConfig
 from hypergrad.forward import forward_grad, scheduled_step
-from hypergrad.hyperparams import HyperSpec, SGDSchedule, segment_index, to_sgd_param_groups
+from hypergrad.hyperparams import HyperSpec, SGDSchedule, segment_bounds, segment_index, to_sgd_param_groups
 from hypergrad.implicit import FixedPoint, fixed_point_grad, solve_adjoint
 from hypergrad.inner import InnerProblem
 from hypergrad.linalg import SolveInfo
@@ -52,6 +52,7 @@ __all__ = [
     "method_names",
     "methods",
     "scheduled_step",
+    "segment_bounds",
     "segment_index",
     "solve_adjoint",
     "to_sgd_param_groups",

@@ -186,20 +186,17 @@ class _Tangents:
         return h_new, z_new
 
     def _looped(self, f: Callable[[Tree, Tree], Tree], h: Tree, w: Tree, z: Tree, e: Tree) -> tuple[Tree, Tree]:
-        h_new: Tree | None = None
-        columns: list[Tree] = []
+        results = []
         for d in range(e[0].shape[0]):
             try:
-                out, col = jvp(f, (h, w), (tuple(t[d] for t in z), tuple(t[d] for t in e)))
+                results.append(jvp(f, (h, w), (tuple(t[d] for t in z), tuple(t[d] for t in e))))
             except RuntimeError as exc:
                 raise RuntimeError(
                     "forward_grad: torch.func.jvp of the step map failed; the map must be composable with "
                     "torch.func transforms (inner gradients by torch.func.grad, not torch.autograd.grad: "
                     f"InnerProblem.functional_step, not InnerProblem.step): {exc}"
                 ) from exc
-            h_new = tuple(out) if h_new is None else h_new
-            columns.append(col)
-        return h_new, tuple(torch.stack([c[i] for c in columns]) for i in range(len(z)))
+        return tuple(results[0][0]), tuple(torch.stack([col[i] for _, col in results]) for i in range(len(z)))
 
 
 def forward_grad(

@@ -28,7 +28,15 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-__all__ = ["GRANULARITIES", "HyperSpec", "SGDSchedule", "group_names", "segment_index", "to_sgd_param_groups"]
+__all__ = [
+    "GRANULARITIES",
+    "HyperSpec",
+    "SGDSchedule",
+    "group_names",
+    "segment_bounds",
+    "segment_index",
+    "to_sgd_param_groups",
+]
 
 GRANULARITIES = ("tensor", "layer", "global", "element")
 
@@ -59,6 +67,14 @@ def segment_index(num_steps: int, segments: int) -> tuple[int, ...]:
     if segments > num_steps:
         raise ValueError(f"segments ({segments}) must not exceed the number of inner steps ({num_steps})")
     return tuple(t * segments // num_steps for t in range(num_steps))
+
+
+def segment_bounds(num_steps: int, segments: int) -> tuple[tuple[int, int], ...]:
+    """``(start, stop)`` of every segment's steps (:func:`segment_index`): e.g. to train a schedule
+    segment by segment, ``problem.train(spec.at_segment(hp, s), batches[start:stop], state=h)``."""
+    seg = segment_index(num_steps, segments)
+    starts = [t for t in range(num_steps) if t == 0 or seg[t] != seg[t - 1]]
+    return tuple(zip(starts, [*starts[1:], num_steps]))
 
 
 def group_names(param_names: Sequence[str], per: str) -> list[str]:

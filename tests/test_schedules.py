@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from hypergrad import HyperSpec, SGDSchedule, scheduled_step, segment_index, to_sgd_param_groups, unroll
+from hypergrad.hyperparams import segment_bounds
 from hypergrad.inner import sgd_momentum_step
 from hypergrad.workloads import mlp
 from tests._problems import tiny_problem
@@ -39,11 +40,15 @@ def test_segment_index_covers_the_steps_in_order(num_steps: int, segments: int) 
         assert steps == [t for t in range(num_steps) if s * num_steps / segments <= t < (s + 1) * num_steps / segments]
     lengths = [seg.count(s) for s in range(segments)]
     assert max(lengths) - min(lengths) <= 1
+    bounds = segment_bounds(num_steps, segments)
+    assert [b - a for a, b in bounds] == lengths and bounds[0][0] == 0 and bounds[-1][1] == num_steps
+    assert all(seg[t] == s for s, (a, b) in enumerate(bounds) for t in range(a, b))
 
 
 def test_segment_index_examples_and_errors() -> None:
     assert segment_index(6, 3) == (0, 0, 1, 1, 2, 2)
     assert segment_index(5, 2) == (0, 0, 0, 1, 1)
+    assert segment_bounds(5, 2) == ((0, 3), (3, 5)) and segment_bounds(4, 1) == ((0, 4),)
     for args, match in [((3, 4), r"segments \(4\) must not exceed"), ((3, 0), "segments must be"),
                         ((0, 1), "num_steps"), ((3, True), "segments must be")]:
         with pytest.raises(ValueError, match=match):
@@ -152,6 +157,11 @@ def test_sgd_with_the_schedule_reproduces_the_inner_loop(per: str, segments: int
                                      inputs=batches, segment_of=spec.segment_of(num_steps)),
                       problem.initial_state(), hp, num_steps)
     for a, b in zip(got, via_step[: problem.num_tensors]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    h = problem.initial_state()  # and the no-graph hot loop, segment by segment
+    for s, (start, stop) in enumerate(segment_bounds(num_steps, segments)):
+        h = problem.train(spec.at_segment(hp, s), batches[start:stop], state=h)
+    for a, b in zip(got, h[: problem.num_tensors]):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
