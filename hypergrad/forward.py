@@ -3,8 +3,9 @@ r"""Forward-mode hypergradients: the tangents :math:`\mathrm{d}h_t/\mathrm{d}w` 
 For the recurrent map :math:`h_{t+1} = F_t(h_t, w)` (Eq. 1, here allowed to vary with
 :math:`t`: a fresh minibatch per step, a piecewise-constant schedule of :math:`w`) the
 tangent :math:`Z_t = \mathrm{d}h_t/\mathrm{d}w` obeys the forward recursion of real-time
-recurrent learning (Williams & Zipser, 1989; for hyperparameters Franceschi et al., "Forward
-and Reverse Gradient-Based Hyperparameter Optimization", ICML 2017, Eq. 13):
+recurrent learning (Williams & Zipser, 1989), the forward mode of Franceschi et al., "Forward
+and Reverse Gradient-Based Hyperparameter Optimization", ICML 2017 (their
+:math:`Z_t = A_t Z_{t-1} + B_t`):
 
 .. math::
     Z_{t+1} = J_t Z_t + \frac{\partial F_t(h_t, w)}{\partial w}, \qquad Z_0 = 0,

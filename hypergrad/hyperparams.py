@@ -325,8 +325,9 @@ class SGDSchedule(LRScheduler):
         values = [spec.per_tensor(hp, segment=s if spec.segments > 1 else None) for s in range(spec.segments)]
         alpha = [[float(a.double()) for a in lrs] for lrs, _ in values]  # [segment][tensor]
         beta = [[float(b.double()) for b in moms] for _, moms in values]
-        self.lrs = [[a * (1.0 - b) for a, b in zip(alpha[s], beta[s])] for s in self.segment_of]
-        self.momenta = []  # [step][tensor]: beta inside a segment, the rescaled mu_t at its first step
+        self.lrs: list[list[float]] = [[a * (1.0 - b) for a, b in zip(alpha[s], beta[s])] for s in self.segment_of]
+        # [step][tensor]: beta inside a segment, the rescaled mu_t at a segment's first step
+        self.momenta: list[list[float]] = []
         for t, s in enumerate(self.segment_of):
             prev = self.segment_of[t - 1] if t > 0 else s
             self.momenta.append(list(beta[s]) if prev == s else

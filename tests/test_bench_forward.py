@@ -12,14 +12,15 @@ import pytest
 from benchmarks import bench_forward as bench
 
 ROW_KEYS = {"method": str, "label": str, "per": str, "num_hyperparameters": int, "inner_steps": int,
-            "batch_size": int, "wall_s": float, "ms_per_step": float, "peak_mib": float, "total_peak_mib": float,
-            "baseline_mib": float, "grad_norm": float, "meta_loss": float, "threads": int}
+            "batch_size": int, "wall_s": float, "cpu_s": float, "ms_per_step": float, "peak_mib": float,
+            "total_peak_mib": float, "baseline_mib": float, "grad_norm": float, "meta_loss": float, "threads": int,
+            "loadavg": float}
 
 
 def _check_row(row: dict) -> None:
     for key, typ in ROW_KEYS.items():
         assert isinstance(row.get(key), typ), (key, row.get(key))
-    assert row["wall_s"] > 0 and math.isfinite(row["wall_s"])
+    assert row["wall_s"] > 0 and math.isfinite(row["wall_s"]) and row["cpu_s"] > 0
     assert row["grad_norm"] > 0 and math.isfinite(row["grad_norm"])
     assert (row["truncate"] is None) == (row["method"] != "neumann")
     # VmHWM may trail VmRSS by < 1 MiB (the kernel updates it lazily)
@@ -42,7 +43,7 @@ def test_quick_benchmark_writes_rows_and_the_page(tmp_path, repo_root):
     page = (tmp_path / "forward.md").read_text()
     assert page == data["markdown"]
     for part in ("**Question.**", "**Setup.**", "**Command.** `python -m benchmarks.bench_forward --quick`",
-                 "| Hyperparameters | T | Forward-mode s |", "| 2 (global) | 20 |", "**Conclusion.**"):
+                 "| Hyperparameters | T | Forward-mode CPU s |", "| 2 (global) | 20 |", "**Conclusion.**"):
         assert part in page, part
 
 
@@ -65,8 +66,8 @@ def test_the_grid_leaves_out_the_capped_cells():
 
 
 def _row(method, per, steps, wall, growth):
-    return {"method": method, "per": per, "inner_steps": steps, "wall_s": wall, "peak_mib": growth,
-            "ms_per_step": 1e3 * wall / steps}
+    return {"method": method, "per": per, "inner_steps": steps, "wall_s": 2 * wall, "cpu_s": wall,
+            "peak_mib": growth, "ms_per_step": 1e3 * wall / steps}
 
 
 @pytest.mark.parametrize(("last", "flat"), [(5.5, True), (60.0, False)])
