@@ -164,8 +164,10 @@ def markdown(data: dict[str, Any]) -> str:
                 cells += ["—", "—"] if r is None else [f"{r['cpu_s']:.2f}", f"{r['peak_mib']:.1f}"]
             lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines)
+    why = {"bptt": "its memory and time grow with T; --bptt-max-steps",
+           "forward": "the time budget; --forward-max-steps"}
     skipped = "".join(f"\n- not run: {LABELS[s['method']]}, {PERS[s['per']]} hyperparameters, T = {s['inner_steps']:,}"
-                      f" ({s['reason']})" for s in data["skipped"])
+                      f" ({why.get(s['method'], s['reason'])})" for s in data["skipped"])
     return f"""# Forward mode: BPTT's hypergradient at a memory that does not grow with T
 
 **Question.** Forward mode (`hypergrad.forward_grad`, `method="forward"`) carries the tangents
@@ -183,7 +185,8 @@ hypergradient, then `VmHWM` minus the baseline `VmRSS` (the growth, MiB), under
 over the same minibatches; Neumann-RBP the T steps without a graph (`InnerProblem.train`) and K
 terms on one minibatch at h_T. Times are CPU seconds of the one process (the wall times, in the
 JSON, depend on the load of the shared {data['machine']['cpu_count']}-core machine: {_load(data)} at the
-start): compare them within the table, not with other pages. MiB is the memory growth.
+start): compare them within the table, not with other pages. MiB is the memory growth. The grid
+took {_minutes(data)}.
 
 **Command.** `{data['command']}`
 
@@ -194,16 +197,19 @@ start): compare them within the table, not with other pages. MiB is the memory g
 """
 
 
+def _minutes(data: dict[str, Any]) -> str:
+    cpu = sum(r["cpu_s"] for r in data["rows"]) / 60
+    wall = data.get("total_s")
+    return f"{cpu:.1f} CPU minutes" + (f" ({wall / 60:.0f} minutes of wall time, set-up included)" if wall else "")
+
+
 def _load(data: dict[str, Any]) -> str:
     load = data["machine"].get("loadavg_at_start")
     return f"{load[0]:.1f}" if load else "unknown"
 
 
-def _growth_span(rows: list[dict[str, Any]], method: str, per: str) -> tuple[int, float, int, float] | None:
-    cells = sorted((r for r in rows if r["method"] == method and r["per"] == per), key=lambda r: r["inner_steps"])
-    if len(cells) < 2:
-        return None
-    return cells[0]["inner_steps"], cells[0]["peak_mib"], cells[-1]["inner_steps"], cells[-1]["peak_mib"]
+def _growth_cells(rows: list[dict[str, Any]], method: str, per: str) -> list[dict[str, Any]]:
+    return sorted((r for r in rows if r["method"] == method and r["per"] == per), key=lambda r: r["inner_steps"])
 
 
 def _flat(first: float, last: float) -> bool:
@@ -214,15 +220,19 @@ def _flat(first: float, last: float) -> bool:
 def conclusion(data: dict[str, Any]) -> str:
     """The measured answer, in words, from the rows."""
     rows, parts = data["rows"], []
-    spans = {per: _growth_span(rows, "forward", per) for per in data["per"]}
-    spans = {per: s for per, s in spans.items() if s is not None}
+    spans = {per: cells for per in data["per"] if len(cells := _growth_cells(rows, "forward", per)) >= 2}
     if spans:
-        flat = all(_flat(s[1], s[3]) for s in spans.values())
-        parts.append(
-            ("Forward mode's memory growth does not depend on T: " if flat else
-             "Forward mode's memory growth changes with T: ")
-            + "; ".join(f"with {PERS[per]} hyperparameters it is {s[1]:.1f} MiB at T = {s[0]:,} and {s[3]:.1f} MiB "
-                        f"at T = {s[2]:,}" for per, s in spans.items()) + ".")
+        flat = all(_flat(c[0]["peak_mib"], c[-1]["peak_mib"]) for c in spans.values())
+        slope = max((c[-1]["peak_mib"] - c[0]["peak_mib"]) * 1024 / (c[-1]["inner_steps"] - c[0]["inner_steps"])
+                    for c in spans.values())
+        series = []
+        for per, cells in spans.items():
+            growth = ", ".join(f"{r['peak_mib']:.1f}" for r in cells)
+            steps = ", ".join(f"{r['inner_steps']:,}" for r in cells)
+            series.append(f"{growth} MiB at T = {steps} with {PERS[per]} hyperparameters")
+        verdict = "does not depend on T" if flat else "changes with T"
+        parts.append(f"Forward mode's memory growth {verdict}: " + "; ".join(series)
+                     + f" (at most {max(slope, 0.0):.2f} KiB per inner step from the shortest to the longest run).")
     bptt = [r for r in rows if r["method"] == "bptt"]
     if bptt:
         big = max(bptt, key=lambda r: r["inner_steps"])
