@@ -29,12 +29,6 @@ from hypergrad._profiling import library_version, reset_peak, status_kib
 MIB = 1024.0  # /proc reports KiB
 
 
-
-
-
-
-
-
 def sgd_train(problem: Any, batches: torch.Tensor, lr: float = math.exp(-1), mom: float = 0.5) -> None:
     """The floor: the same T steps and minibatches with torch.optim.SGD on the problem's nn.Module."""
     model = problem.model
@@ -42,8 +36,8 @@ def sgd_train(problem: Any, batches: torch.Tensor, lr: float = math.exp(-1), mom
         for p, w in zip(model.parameters(), problem.w0):
             p.copy_(w)
     opt = torch.optim.SGD(model.parameters(), lr=lr * (1 - mom), momentum=mom)
-    for idx in batches:
-        loss = F.cross_entropy(model(problem.x_train[idx]), problem.y_train[idx])
+    for x, y in batches:  # (x, y) minibatches, e.g. MetaObjective.batches(salt)
+        loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -71,10 +65,6 @@ def _setup(spec: dict[str, Any]):
         model = mlp(split.num_features, run.hidden, split.num_classes).to(device)
         problem = InnerProblem(model, F.cross_entropy, split.x_train, split.y_train, split.x_val, split.y_val,
                                batch_size=cfg.batch_size, per=cfg.per)
-    if spec.get("chunked_meta_loss"):
-        from benchmarks.prototype_chunked_loss import patch
-
-        patch(problem, int(spec["chunked_meta_loss"]))
     return cfg, problem, split, Tuner
 
 
@@ -98,14 +88,14 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             sgd_train(problem, batches)
 
         def step(salt: int) -> tuple[float, float]:
-            b = tuner.batches(salt)
+            b = tuner.objective.batches(salt)
             _sync(device)
             t0 = time.perf_counter()
             once(b)
             _sync(device)
             return time.perf_counter() - t0, float("nan")
 
-        once(tuner.batches(0)[:warm_t])
+        once(tuner.objective.batches(0)[:warm_t])
     else:
         warm = Tuner(problem, dataclasses.replace(cfg, inner_steps=warm_t))
         warm.meta_step()
@@ -118,7 +108,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             _sync(device)
             t1 = time.perf_counter()
             # the phase after the T inner steps (Tuner records how long the inner steps took)
-            inner = record.get("inner_seconds")
+            inner = record.inner_seconds
             return t1 - t0, (t1 - t0 - inner) if inner is not None else float("nan")
 
     _sync(device)
@@ -141,8 +131,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     history = getattr(tuner, "history", None) if method != "sgd" else None
     if history:  # solver iterations actually run (Neumann stops early on a growing term by default)
-        its = [h["solver"].get("iterations") for h in history if h.get("solver")]
-        extra["solver_iterations"] = [i for i in its if i is not None]
+        its = [h.solver.iterations for h in history if h.solver is not None and h.solver.skipped is None]
+        extra["solver_iterations"] = [i for i in its if math.isfinite(i)]
     if device != "cpu":  # on a GPU the memory that matters is the device's, from the caching allocator
         extra = {"gpu_peak_mib": (gpu_peak - gpu_base) / 2**20, "gpu_total_peak_mib": gpu_peak / 2**20,
                  "gpu_name": torch.cuda.get_device_name()}
@@ -165,7 +155,6 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "reset_ok": reset_ok,
         "threads": torch.get_num_threads(),
         "device": device,
-        "chunked_meta_loss": spec.get("chunked_meta_loss"),
         "stop_on_growth": cfg.stop_on_growth,
         "batch_hyper": cfg.batch_hyper,
         **library_version(),

@@ -90,9 +90,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--dataset", choices=("mnist", "digits"), default="mnist")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--chunked-meta-loss", type=int, default=None, metavar="CHUNK",
-                   help="prototype: differentiate the meta loss CHUNK examples at a time (benchmarks/"
-                        "prototype_chunked_loss.py)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda (model and data on the GPU)")
     p.add_argument("--no-stop-on-growth", action="store_true",
                    help="run all K Neumann terms (the tuner's default stops the series when a term grows)")
@@ -116,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     if t < 1 or reps < 1 or any(k < 1 or k > t for k in ks):
         p.error("need T >= 1, reps >= 1 and 1 <= K <= T")
     base = {"inner_steps": t, "reps": reps, "batch_size": args.batch_size, "dataset": args.dataset,
-            "data_root": args.data_root, "device": args.device,
-            "chunked_meta_loss": args.chunked_meta_loss, "stop_on_growth": not args.no_stop_on_growth,
+            "data_root": args.data_root, "device": args.device, "stop_on_growth": not args.no_stop_on_growth,
             "batch_hyper": not args.no_batch_hyper}
     start = time.perf_counter()
     info = machine()

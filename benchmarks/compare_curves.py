@@ -5,8 +5,8 @@ the mean best-so-far on a grid of inner trainings and of wall seconds, and per-s
 TPE; this prints them from one or more ``compare.json`` files (runs of several files are pooled,
 e.g. a Neumann run and a TPE run made separately with the same seeds):
 
-    python -m benchmarks.compare_curves runs/compare_digits_v3/compare.json \\
-        runs/compare_digits_v3/compare_tpe.json --every 10 --seconds 2,4,6,8 --versus tpe --at 40,100
+    python -m benchmarks.compare_curves runs/optuna/optuna_digits.json --seconds 5,10,15,20 \\
+        --versus tpe --at 40,100
 """
 
 from __future__ import annotations

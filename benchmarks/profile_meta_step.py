@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        text = text.replace(str(Path.cwd()) + "/", "").replace(str(Path(os.__file__).parent) + "/", "<python-stdlib>/")
+        site = Path(torch.__file__).resolve().parents[1]  # paths relative to the repository, site-packages, stdlib
+        text = (text.replace(str(Path.cwd()) + "/", "").replace(str(site) + "/", "<site-packages>/")
+                .replace(str(Path(os.__file__).parent) + "/", "<python-stdlib>/"))
         if args.out.suffix == ".json":  # {"command", "wall_s", "text"}
             import json
 

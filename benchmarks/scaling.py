@@ -103,9 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=3, help="timed meta steps per point (3; 2 at T >= 5000)")
     p.add_argument("--dataset", choices=("mnist", "digits"), default="mnist")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--chunked-meta-loss", type=int, default=None, metavar="CHUNK",
-                   help="prototype: differentiate the meta loss CHUNK examples at a time (benchmarks/"
-                        "prototype_chunked_loss.py)")
     p.add_argument("--no-stop-on-growth", action="store_true",
                    help="run all K Neumann terms (the paper's Algorithm 2) instead of the tuner's early stop")
     p.add_argument("--no-batch-hyper", action="store_true",
@@ -113,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=None)
     args = p.parse_args(argv)
-    base = {"dataset": args.dataset, "data_root": args.data_root, "chunked_meta_loss": args.chunked_meta_loss,
-            "batch_hyper": not args.no_batch_hyper, "stop_on_growth": not args.no_stop_on_growth}
+    base = {"dataset": args.dataset, "data_root": args.data_root, "batch_hyper": not args.no_batch_hyper,
+            "stop_on_growth": not args.no_stop_on_growth}
     start = time.perf_counter()
     info = machine()
     try:

@@ -42,9 +42,9 @@ def main(argv: list[str] | None = None) -> int:
             diffs, residuals = [], []
             for step in range(0, args.steps, args.every):
                 hp = tuple(h.detach().clone() for h in stacked.hparams)
-                g_s, _, _, stats = stacked.hypergradient(hp, stacked.batches(step), salt=step)
-                residuals.append(stats["solver"]["residual"])
-                g_l, *_ = looped.hypergradient(hp, looped.batches(step), salt=step)
+                result = stacked.objective.hypergradient(hp, step)
+                residuals.append(result.solver.residual)
+                g_s, g_l = result.grad, looped.objective.hypergradient(hp, step).grad
                 diffs.append(tree_norm(tree_sub(g_s, g_l)) / max(tree_norm(g_l), 1e-30))
                 for _ in range(args.every):
                     stacked.meta_step()

@@ -15,10 +15,16 @@ ICML 2018. The public namespace:
   layout (granularity, schedules of :func:`segment_index` segments) and its exact export to
   ``torch.optim.SGD``;
 * :class:`FixedPoint`: a differentiable fixed-point layer with an RBP backward;
-* :mod:`hypergrad.linalg`: the matrix-free solvers and :class:`SolveInfo`.
+* :mod:`hypergrad.linalg`: the matrix-free solvers and :class:`SolveInfo`;
+* :func:`tune`: tune the learning rates and momenta of your own model (any ``nn.Module``,
+  tensors / ``Dataset`` / ``DataLoader``, any device); :class:`TuneError` keeps the finished
+  meta steps of a run that failed;
+* :func:`compare_models`: hypergradient methods against Optuna on your own model at a matched
+  budget (``hypergrad.compare`` is the package that implements it).
 """
 
 from hypergrad import linalg, methods
+from hypergrad.compare import Comparison, compare_models
 from hypergrad.config import TuneConfig
 from hypergrad.forward import forward_grad, scheduled_step
 from hypergrad.hyperparams import HyperSpec, SGDSchedule, segment_bounds, segment_index, to_sgd_param_groups
@@ -26,13 +32,14 @@ from hypergrad.implicit import FixedPoint, fixed_point_grad, solve_adjoint
 from hypergrad.inner import InnerProblem
 from hypergrad.linalg import SolveInfo
 from hypergrad.methods import METHODS, GradResult, Method, get_method, gradient, method_names
-from hypergrad.tuner import Tuner, TuneResult, tune
+from hypergrad.tuner import TuneError, Tuner, TuneResult, tune
 from hypergrad.unroll import unroll, unrolled_grad
 
 __version__ = "0.1.0"
 
 __all__ = [
     "METHODS",
+    "Comparison",
     "FixedPoint",
     "GradResult",
     "HyperSpec",
@@ -41,9 +48,11 @@ __all__ = [
     "SGDSchedule",
     "SolveInfo",
     "TuneConfig",
+    "TuneError",
     "TuneResult",
     "Tuner",
     "__version__",
+    "compare_models",
     "fixed_point_grad",
     "forward_grad",
     "get_method",

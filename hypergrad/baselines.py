@@ -1,18 +1,20 @@
 r"""Black-box baselines: Optuna searches over the tuner's own hyperparameters (issue #4).
 
-Everything that decides *what is optimised* is shared with :class:`hypergrad.Tuner`:
+Everything that decides *what is optimised* is the tuner's own
+:class:`~hypergrad.objective.MetaObjective`, shared with :class:`hypergrad.Tuner`:
 
 * **the inner training** is :meth:`hypergrad.InnerProblem.train` on the tuner's
   problem (same model, data, ``T``, batch size and initial weights :math:`w_0`);
-* **the batches**: trial ``k`` trains on ``tuner.batches(k)``, the minibatch order
+* **the batches**: trial ``k`` trains on ``objective.batches(k)``, the minibatch order
   of the tuner's meta step ``k`` (seeded by ``(seed, k)``);
 * **the hyperparameters** are the tuner's per-group learning rates and momenta;
   Optuna suggests :math:`\alpha` log-uniformly and :math:`\beta` uniformly in
   :class:`SearchSpace`, and :func:`to_hparams` maps them onto the unconstrained
   ``(log_lr, logit_momentum)`` tuple of :class:`hypergrad.HyperSpec`, so the very
   same code path trains;
-* **the meta loss** is ``tuner.meta_loss(w_T)`` (validation loss by default),
-  computed by :func:`meta_objective`, the one function both sides call.
+* **the meta loss** is :meth:`MetaObjective.value` (one inner training, then the
+  validation loss of :math:`w_T` unless ``meta_loss="train"``), the one function
+  both sides call.
 
 One Optuna trial is one inner training of ``T`` steps; a pruned trial costs the
 fraction of ``T`` it ran (see :class:`OptunaObjective`).
@@ -21,6 +23,7 @@ fraction of ``T`` it ran (see :class:`OptunaObjective`).
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -31,9 +34,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hypergrad._imports import optional_import
 from hypergrad._tree import Tree
 from hypergrad.hyperparams import HyperSpec
-from hypergrad.tuner import Tuner
+from hypergrad.objective import MetaObjective
 
 __all__ = [
     "PRUNERS",
@@ -41,17 +45,24 @@ __all__ = [
     "OptunaObjective",
     "SearchSpace",
     "create_or_load_study",
+    "is_gradient_trial",
     "make_pruner",
     "make_sampler",
     "make_storage",
-    "meta_objective",
     "run_study",
     "to_hparams",
     "trial_cost",
+    "worker_sampler_seed",
 ]
 
 SAMPLERS = ("tpe", "random", "cmaes")
 PRUNERS = ("none", "median")
+
+
+def _optuna() -> Any:
+    """Optuna, imported on first use (``import hypergrad`` does not load it), or an install hint."""
+    return optional_import("optuna", "optuna", purpose="the black-box baselines")
+
 
 # Momenta are mapped to logits after clamping into [eps, 1 - eps]: a suggested 0.0
 # becomes sigmoid(logit(1e-6)) = 1e-6, indistinguishable from 0 in the inner loop.
@@ -147,25 +158,8 @@ def from_hparams(spec: HyperSpec, hparams: Sequence[Tensor]) -> dict[str, float]
     return out
 
 
-def meta_objective(
-    tuner: Tuner, hparams: Tree, salt: int, *, on_step: Callable[[int, Tree], None] | None = None
-) -> float:
-    """The meta loss of ``hparams``: ONE inner training on the tuner's batches ``salt``, then its meta loss.
-
-    This is the tuner's own inner run (:meth:`InnerProblem.train` over
-    ``tuner.batches(salt)``, as in :meth:`Tuner.hypergradient` and
-    :meth:`Tuner.evaluate`) and the tuner's meta loss (``tuner.meta_loss``, the
-    validation loss of :math:`w_T` unless ``meta_loss="train"``). Non-finite
-    losses are returned as they are.
-    """
-    problem = tuner.problem
-    h_t = problem.train(tuple(h.detach() for h in hparams), tuner.batches(salt), on_step=on_step)
-    with torch.no_grad():
-        return float(tuner.meta_loss(h_t[: problem.num_tensors]))
-
-
 class OptunaObjective:
-    """The Optuna objective: suggest -> :func:`to_hparams` -> :func:`meta_objective`.
+    """The Optuna objective: suggest -> :func:`to_hparams` -> :meth:`MetaObjective.value`.
 
     Trial ``k`` trains on the batches of the tuner's meta step ``k``. The value is
     the meta loss, except that a non-finite or exploded loss (above
@@ -177,47 +171,56 @@ class OptunaObjective:
     With ``report_every=s``, the validation loss of :math:`w_t` is reported every
     ``s`` inner steps (``trial.report``) and the trial is pruned when the study's
     pruner says so. Each trial's cost in inner trainings (``steps run / T``) is
-    stored in the user attribute ``"cost"``.
+    stored in the user attribute ``"cost"``, beside ``"method"`` (the sampler's name,
+    ``method``), ``"kind"`` (``"sampler"``) and ``"seconds"`` (wall seconds of its inner training), the
+    attributes :class:`hypergrad.studies.StudyRecorder` gives hypergrad's own trials.
     """
 
     def __init__(
         self,
-        tuner: Tuner,
+        objective: MetaObjective,
         space: SearchSpace | None = None,
         *,
         report_every: int | None = None,
         fail_value: float | None = None,
+        method: str = "optuna",
     ) -> None:
-        if tuner.spec.per == "element":
+        if not isinstance(objective, MetaObjective):
+            raise TypeError(f"objective must be a MetaObjective, got {type(objective).__name__}")
+        if objective.spec.per == "element":
             raise ValueError("per='element' cannot be searched by Optuna; use per=tensor, layer or global")
         if report_every is not None and (
             isinstance(report_every, bool) or not isinstance(report_every, int) or report_every < 1
         ):
             raise ValueError(f"report_every must be an integer >= 1 or None, got {report_every!r}")
-        self.tuner = tuner
+        self.objective = objective
+        self.method = method
         self.space = space or SearchSpace()
         self.report_every = report_every
         if fail_value is None:
             with torch.no_grad():
-                fail_value = 2.0 * float(tuner.meta_loss(tuner.problem.w0))
+                fail_value = 2.0 * float(objective.meta_loss(objective.problem.w0))
         if not math.isfinite(fail_value):
             raise ValueError(f"fail_value must be finite, got {fail_value!r}")
         self.fail_value = float(fail_value)
-        self.dtype = tuner.problem.w0[0].dtype
+        self.dtype = objective.problem.w0[0].dtype
 
     @property
     def inner_steps(self) -> int:
-        return self.tuner.config.inner_steps
+        return self.objective.config.inner_steps
 
     def hparams(self, params: dict[str, float]) -> tuple[Tensor, ...]:
-        return to_hparams(self.tuner.spec, params, self.dtype)
+        return to_hparams(self.objective.spec, params, self.dtype)
 
     def __call__(self, trial: Any) -> float:
-        import optuna
+        optuna = _optuna()
 
-        params = self.space.suggest(trial, self.tuner.spec)
+        trial.set_user_attr("method", self.method)
+        trial.set_user_attr("kind", "sampler")
+        params = self.space.suggest(trial, self.objective.spec)
+        t0 = time.perf_counter()  # seconds: the inner training, not the sampler's or the storage's time
         hparams = self.hparams(params)
-        problem = self.tuner.problem
+        problem = self.objective.problem
         steps_run = [0]
         on_step = None
         if self.report_every is not None:
@@ -231,10 +234,12 @@ class OptunaObjective:
                     trial.report(loss if math.isfinite(loss) else self.fail_value, t + 1)
                     if trial.should_prune():
                         trial.set_user_attr("cost", (t + 1) / self.inner_steps)
+                        trial.set_user_attr("seconds", time.perf_counter() - t0)
                         raise optuna.TrialPruned(f"pruned after {t + 1} inner steps")
 
-        loss = meta_objective(self.tuner, hparams, trial.number, on_step=on_step)
+        loss = self.objective.value(hparams, trial.number, on_step=on_step)
         trial.set_user_attr("cost", 1.0)
+        trial.set_user_attr("seconds", time.perf_counter() - t0)
         trial.set_user_attr("meta_loss", loss if math.isfinite(loss) else None)
         if not math.isfinite(loss) or loss > self.fail_value:
             return self.fail_value
@@ -247,10 +252,31 @@ def trial_cost(trial: Any) -> float:
     return float(cost) if cost is not None else 1.0
 
 
+def is_gradient_trial(trial: Any) -> bool:
+    """Whether a trial records a hypergrad meta step (:class:`hypergrad.studies.StudyRecorder`), not a sampler's."""
+    return trial.user_attrs.get("kind") == "gradient"
+
+
 # ---------------------------------------------------------------------- study plumbing
+def worker_sampler_seed(seed: int, worker: int | None) -> int:
+    """The sampler seed of one worker on a shared storage.
+
+    ``worker=None`` (no ``--worker`` given): ``seed`` mixed with the process id, so workers
+    started without ids never draw the same points, but the run is **not reproducible**.
+    ``worker=i``: ``seed + 1_000_003 * i`` (worker 0 uses ``seed`` itself, as an in-memory
+    run does), reproducible when one worker runs; with several, TPE's suggestions also depend
+    on the order in which the others' trials finish, so only the first trials repeat.
+    """
+    if worker is None:
+        return (seed * 1_000_003 + os.getpid()) % (2**31)
+    if isinstance(worker, bool) or not isinstance(worker, int) or worker < 0:
+        raise ValueError(f"worker must be an integer >= 0 or None, got {worker!r}")
+    return (seed + 1_000_003 * worker) % (2**31)
+
+
 def make_sampler(name: str, seed: int | None = None) -> Any:
     """``tpe`` (default settings), ``random`` or ``cmaes`` (Optuna's CmaEsSampler), seeded."""
-    import optuna
+    optuna = _optuna()
 
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
@@ -265,7 +291,7 @@ def make_sampler(name: str, seed: int | None = None) -> Any:
 
 def make_pruner(name: str, *, n_startup_trials: int = 5, n_warmup_steps: int = 0) -> Any:
     """``none`` (the default: every trial runs all ``T`` steps) or ``median``."""
-    import optuna
+    optuna = _optuna()
 
     if name == "none":
         return optuna.pruners.NopPruner()
@@ -283,8 +309,10 @@ def make_storage(url: str | None) -> Any:
       processes on one machine (file locks), no database needed;
     * any URL ``dialect://...``: an RDB storage, e.g. ``sqlite:///study.db`` or
       ``postgresql://user@host/db`` (the database driver must be installed).
+
+    The folder of a journal file or of an SQLite database is created when missing.
     """
-    import optuna
+    optuna = _optuna()
     from optuna.storages.journal import JournalFileBackend
 
     if url is None or url == "":
@@ -293,19 +321,28 @@ def make_storage(url: str | None) -> Any:
         path = url[len("journal:") :] if url.startswith("journal:") else url
         if not path:
             raise ValueError("--storage journal: needs a file path, e.g. journal:study.log")
-        parent = Path(path).expanduser().resolve().parent
-        if not parent.is_dir():
-            raise ValueError(f"the folder of the journal file {path!r} does not exist")
+        _make_parent(Path(path).expanduser(), what="journal file")
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     if url.startswith(("postgresql://", "postgres://")):
         # SQLAlchemy 2.x maps a bare postgresql:// to psycopg 3; hypergrad's extra installs psycopg2.
         url = "postgresql+psycopg2://" + url.split("://", 1)[1]
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):].split("?", 1)[0]
+        if path and path != ":memory:":
+            _make_parent(Path(path).expanduser(), what="SQLite database")
     if "://" not in url:
         raise ValueError(
             f"cannot read storage {url!r}: expected journal:PATH, a .log/.journal file, or a URL such as "
             "sqlite:///study.db or postgresql://user@host/db"
         )
     return url
+
+
+def _make_parent(path: Path, *, what: str) -> None:
+    try:
+        path.resolve().parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create the folder of the {what} {str(path)!r}: {exc.strerror or exc}") from None
 
 
 def create_or_load_study(
@@ -321,7 +358,7 @@ def create_or_load_study(
     ``problem_key`` (JSON-able) is stored as the study's user attribute ``"problem"``;
     loading a study made for another problem raises :class:`ValueError`.
     """
-    import optuna
+    optuna = _optuna()
 
     for attempt in range(3):
         try:
@@ -364,12 +401,13 @@ def run_study(
 ) -> list[Any]:
     """Run trials until the study's finished trials have cost ``budget`` inner trainings.
 
-    The budget counts every finished trial already in the study (resumed runs and
+    The budget counts every finished sampler trial already in the study (resumed runs and
     other workers on the same storage included), so parallel workers share one
     budget; concurrent workers can overshoot it by at most ``n_workers - 1`` trials.
+    Trials recorded from hypergrad's meta steps (:func:`is_gradient_trial`) are not counted.
     Returns the trials this call finished.
     """
-    import optuna
+    optuna = _optuna()
 
     if not (isinstance(budget, (int, float)) and budget > 0):
         raise ValueError(f"budget must be positive, got {budget!r}")
@@ -379,7 +417,8 @@ def run_study(
                        optuna.trial.TrialState.FAIL)
 
     def spent() -> float:
-        return sum(trial_cost(t) for t in study.get_trials(deepcopy=False, states=finished_states))
+        return sum(trial_cost(t) for t in study.get_trials(deepcopy=False, states=finished_states)
+                   if not is_gradient_trial(t))
 
     mine: list[Any] = []
 

@@ -1,102 +1,273 @@
-"""Observers of a tuning run: TensorBoard logging and a progress bar.
+r"""Observers of a tuning run: the :class:`Callback` base class, TensorBoard logging, a progress bar, a logger.
 
-The tuner reports to callbacks; it never prints. Scalars written by
-:class:`TensorBoardLogger` (through ``torch.utils.tensorboard``):
+The tuner reports to callbacks; it never prints. A callback subclasses :class:`Callback`
+and overrides the hooks it needs (the others do nothing).
 
-``meta/val_loss``, ``meta/train_loss``, ``meta/loss``, ``hyper/lr/<tensor>``,
-``hyper/momentum/<tensor>``, ``hypergrad/norm``, ``hypergrad/spread``,
-``solver/residual``, ``solver/iterations``, ``solver/spectral_radius``,
-``time/seconds_per_meta_step``, ``meta/lr``; and ``add_hparams`` at the end.
+:class:`TensorBoardLogger` writes (through ``torch.utils.tensorboard``) scalars whose tag
+groups sort in the order a user reads them, so the first screen of TensorBoard's Time
+Series and Scalars dashboards shows the meta loss and the hyperparameter trajectories:
+
+* ``meta/val_loss``, ``meta/train_loss``: the losses of the hyperparameters each meta step evaluated;
+* ``sgd_lr/<tensor>``, ``sgd_momentum/<tensor>``: the hyperparameters as ``torch.optim.SGD`` reads
+  them, ``lr`` :math:`= \alpha(1-\beta)` and ``momentum`` :math:`= \beta` (the numbers the CLI
+  prints and ``results.json`` holds; per-element runs log the means);
+* ``solver/residual``, ``solver/iterations``, ``solver/spectral_radius`` (RBP methods);
+* ``summary/<metric>``: the final evaluation of the best hyperparameters (one point, at the end);
+* ``tuner/alpha/<tensor>`` (the step size :math:`\alpha` of the paper's update
+  :math:`w' = w + \alpha v'`), ``tuner/hypergrad_norm``, ``tuner/hypergrad_spread``,
+  ``tuner/meta_lr``, ``tuner/seconds_per_meta_step``.
+
+The run's settings go to the HParams dashboard (not to scalar cards): the data set (``"user
+model"`` unless given), an architecture summary, the number of hyperparameters, method,
+strategy, ``T``, ``K``, ``M``, the budget and the other settings; booleans are booleans and a
+setting that is ``None`` is left empty. Its metrics are ``meta/val_loss`` and the ``summary/*``
+scalars.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from hypergrad.tuner import Tuner, TuneResult
+from torch import nn
 
-__all__ = ["LoggingCallback", "ProgressBar", "TensorBoardLogger"]
+from hypergrad._imports import optional_import
+from hypergrad.config import TuneConfig
+from hypergrad.records import MetaStepRecord, TuneResult
+
+__all__ = ["Callback", "LoggingCallback", "ProgressBar", "TensorBoardLogger", "TuningRun", "architecture_summary",
+           "hparams_summaries"]
 
 logger = logging.getLogger("hypergrad")
+
+HParamValue = str | int | float | bool | None
+
+
+class TuningRun(Protocol):
+    """What a callback reads of the run it observes (a :class:`hypergrad.Tuner` is one)."""
+
+    @property
+    def config(self) -> TuneConfig: ...
+
+    @property
+    def step_count(self) -> int: ...
+
+    @property
+    def best_loss(self) -> float: ...
+
+    @property
+    def history(self) -> Sequence[MetaStepRecord]: ...
+
+
+class Callback:
+    """Observer of a tuning run; every hook does nothing unless overridden."""
+
+    def on_start(self, tuner: TuningRun) -> None:
+        """Before the first step of :meth:`hypergrad.Tuner.run` (also of a resumed run)."""
+
+    def on_meta_step(self, tuner: TuningRun, record: MetaStepRecord) -> None:
+        """After each completed step (a step that raised :class:`hypergrad.divergence.DivergenceError` is not)."""
+
+    def on_end(self, tuner: TuningRun, result: TuneResult) -> None:
+        """After the final evaluation, with the result."""
 
 
 def _tag(name: str) -> str:
     return name.replace("/", "_")
 
 
-class TensorBoardLogger:
-    """Write a run's scalars to ``logdir`` (one event file per run).
+def architecture_summary(model: nn.Module) -> str:
+    """A one-line summary: ``"MLP 64-50-10 (Tanh)"`` for a stack of linear layers, else the class and size."""
+    n_weights = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if isinstance(model, nn.Sequential):
+        linears = [m for m in model if isinstance(m, nn.Linear)]
+        others = [m for m in model if not isinstance(m, nn.Linear)]
+        if linears and all(not any(True for _ in m.parameters()) for m in others):
+            sizes = [linears[0].in_features, *(m.out_features for m in linears)]
+            acts = sorted({type(m).__name__ for m in others})
+            return f"MLP {'-'.join(map(str, sizes))}" + (f" ({', '.join(acts)})" if acts else "")
+    return f"{type(model).__name__} ({n_weights:,} weights)"
+
+
+def hparams_summaries(hparams: Mapping[str, HParamValue], metrics: Sequence[str]) -> tuple[Any, Any]:
+    """The HParams plugin's experiment and session-start summaries (protocol buffers).
+
+    Unlike ``SummaryWriter.add_hparams`` this keeps booleans as booleans (``add_hparams``
+    declares them as numbers, shown as ``1.0000``), declares a ``None`` value but leaves it
+    unset (an empty cell, not the string ``"None"``), and writes no scalars: the metrics are
+    existing scalar tags, read by the dashboard from the run itself.
+    """
+    api = optional_import("tensorboard.plugins.hparams.api_pb2", "tensorboard", purpose="TensorBoardLogger")
+    pdata = optional_import("tensorboard.plugins.hparams.plugin_data_pb2", "tensorboard", purpose="TensorBoardLogger")
+    meta = optional_import("tensorboard.plugins.hparams.metadata", "tensorboard", purpose="TensorBoardLogger")
+    summary_pb2 = optional_import("tensorboard.compat.proto.summary_pb2", "tensorboard", purpose="TensorBoardLogger")
+
+    infos = []
+    start = pdata.SessionStartInfo()
+    for name, value in hparams.items():
+        if isinstance(value, bool):
+            kind = "DATA_TYPE_BOOL"
+            start.hparams[name].bool_value = value
+        elif isinstance(value, (int, float)):
+            kind = "DATA_TYPE_FLOAT64"
+            start.hparams[name].number_value = float(value)
+        elif isinstance(value, str):
+            kind = "DATA_TYPE_STRING"
+            start.hparams[name].string_value = value
+        elif value is None:
+            kind = "DATA_TYPE_UNSET"
+        else:
+            raise TypeError(f"hparams[{name!r}] must be a str, number, bool or None, got {type(value).__name__}")
+        infos.append(api.HParamInfo(name=name, type=api.DataType.Value(kind)))
+    experiment = api.Experiment(hparam_infos=infos,
+                                metric_infos=[api.MetricInfo(name=api.MetricName(tag=m)) for m in metrics])
+
+    def summary(tag: str, content: Any) -> Any:
+        plugin = summary_pb2.SummaryMetadata.PluginData(plugin_name=meta.PLUGIN_NAME,
+                                                        content=content.SerializeToString())
+        return summary_pb2.Summary(value=[summary_pb2.Summary.Value(
+            tag=tag, metadata=summary_pb2.SummaryMetadata(plugin_data=plugin))])
+
+    version = meta.PLUGIN_DATA_VERSION
+    return (summary(meta.EXPERIMENT_TAG, pdata.HParamsPluginData(experiment=experiment, version=version)),
+            summary(meta.SESSION_START_INFO_TAG, pdata.HParamsPluginData(session_start_info=start, version=version)))
+
+
+def _session_end(status: str = "STATUS_SUCCESS") -> Any:
+    api = optional_import("tensorboard.plugins.hparams.api_pb2", "tensorboard", purpose="TensorBoardLogger")
+    pdata = optional_import("tensorboard.plugins.hparams.plugin_data_pb2", "tensorboard", purpose="TensorBoardLogger")
+    meta = optional_import("tensorboard.plugins.hparams.metadata", "tensorboard", purpose="TensorBoardLogger")
+    summary_pb2 = optional_import("tensorboard.compat.proto.summary_pb2", "tensorboard", purpose="TensorBoardLogger")
+    content = pdata.HParamsPluginData(session_end_info=pdata.SessionEndInfo(status=api.Status.Value(status)),
+                                      version=meta.PLUGIN_DATA_VERSION)
+    plugin = summary_pb2.SummaryMetadata.PluginData(plugin_name=meta.PLUGIN_NAME, content=content.SerializeToString())
+    return summary_pb2.Summary(value=[summary_pb2.Summary.Value(
+        tag=meta.SESSION_END_INFO_TAG, metadata=summary_pb2.SummaryMetadata(plugin_data=plugin))])
+
+
+#: The settings shown first in the HParams table, by their short names (the config field in brackets).
+_HEADLINE = (("T", "inner_steps"), ("K", "truncate"), ("M", "hyper_batches"), ("budget", "meta_steps"))
+#: Metrics of the HParams table: the last validation loss and the final evaluation of the best.
+_SUMMARY_METRICS = ("val_loss", "train_loss", "test_loss", "test_accuracy", "val_accuracy")
+
+
+def run_hparams(
+    tuner: TuningRun, *, dataset: str | None = None, architecture: str | None = None
+) -> dict[str, HParamValue]:
+    """What the HParams dashboard shows of a run: data set, model, size, method, strategy, T, K, M, budget, the rest."""
+    cfg = tuner.config.to_dict()
+    problem = getattr(tuner, "problem", None)
+    model = getattr(problem, "model", None)
+    spec = getattr(tuner, "spec", None)
+    strategy = cfg.pop("strategy", None) or getattr(getattr(tuner, "strategy", None), "name", None)
+    out: dict[str, HParamValue] = {
+        "dataset": dataset if dataset is not None else "user model",
+        "model": architecture if architecture is not None else (
+            architecture_summary(model) if isinstance(model, nn.Module) else None),
+        "hyperparameters": spec.num_hyperparameters if spec is not None else None,
+        "method": cfg.pop("method", None),
+        "strategy": strategy,
+    }
+    for short, key in _HEADLINE:
+        out[short] = cfg.pop(key, None)
+    for key, value in cfg.items():
+        out[key] = value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
+    return out
+
+
+class TensorBoardLogger(Callback):
+    """Write a run's scalars and settings to ``logdir`` (tags in the module docstring).
 
     Args:
         logdir: the run's directory (several runs under one parent overlay in TensorBoard).
         global_step_offset: first step number (a resumed run continues its curve).
+        dataset: the data set's name for the HParams table (default ``"user model"``).
+        architecture: the model's summary (default :func:`architecture_summary` of the problem's model).
     """
 
-    def __init__(self, logdir: str | Path, *, global_step_offset: int = 0) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+    def __init__(self, logdir: str | Path, *, global_step_offset: int = 0, dataset: str | None = None,
+                 architecture: str | None = None) -> None:
+        tensorboard = optional_import("torch.utils.tensorboard", "tensorboard", purpose="TensorBoardLogger")
 
         self.logdir = Path(logdir)
-        self.writer = SummaryWriter(log_dir=str(self.logdir), purge_step=global_step_offset or None)
+        self.dataset, self.architecture = dataset, architecture
+        self.writer = tensorboard.SummaryWriter(log_dir=str(self.logdir), purge_step=global_step_offset or None)
 
-    def on_start(self, tuner: Tuner) -> None:
+    def on_start(self, tuner: TuningRun) -> None:
         self.writer.add_text("config", str(tuner.config.to_dict()), tuner.step_count)
+        hparams = run_hparams(tuner, dataset=self.dataset, architecture=self.architecture)
+        metrics = ["meta/val_loss", *(f"summary/best_{m}" for m in _SUMMARY_METRICS)]
+        file_writer = self.writer._get_file_writer()
+        for s in hparams_summaries(hparams, metrics):
+            file_writer.add_summary(s, tuner.step_count)
+        self.writer.flush()
 
-    def on_meta_step(self, tuner: Tuner, record: dict[str, Any]) -> None:
-        step = record["step"]
+    def on_meta_step(self, tuner: TuningRun, record: MetaStepRecord) -> None:
+        step = record.step
         w = self.writer
 
         def scalar(tag: str, value: Any) -> None:
-            if isinstance(value, (int, float)) and value is not None:
+            if isinstance(value, (int, float)) and math.isfinite(value):
                 w.add_scalar(tag, float(value), step)
 
-        scalar("meta/val_loss", record["val_loss"])
-        scalar("meta/train_loss", record["train_loss"])
-        scalar("meta/loss", record["meta_loss"])
-        scalar("meta/lr", record["meta_lr"])
-        scalar("hypergrad/norm", record["hypergrad_norm"])
-        scalar("hypergrad/spread", record["hypergrad_spread"])
-        solver = record.get("solver") or {}
-        scalar("solver/residual", solver.get("residual"))
-        scalar("solver/iterations", solver.get("iterations"))
-        scalar("solver/spectral_radius", solver.get("spectral_radius"))
-        scalar("time/seconds_per_meta_step", record["seconds"])
-        for name, hp in record["hyperparameters"].items():
-            for key, value in hp.items():
-                kind = "lr" if key.startswith("lr") else "momentum"
-                scalar(f"hyper/{kind}/{_tag(name)}", value)
+        scalar("meta/val_loss", record.val_loss)
+        scalar("meta/train_loss", record.train_loss)
+        for name, hp in record.hyperparameters.items():
+            scalar(f"sgd_lr/{_tag(name)}", hp.get("lr", hp.get("lr_mean")))
+            scalar(f"sgd_momentum/{_tag(name)}", hp.get("momentum", hp.get("momentum_mean")))
+            scalar(f"tuner/alpha/{_tag(name)}", hp.get("alpha", hp.get("alpha_mean")))
+        solver = record.solver
+        if solver is not None and solver.skipped is None:
+            scalar("solver/residual", solver.residual)
+            scalar("solver/iterations", solver.iterations)
+            scalar("solver/spectral_radius", solver.spectral_radius)
+        scalar("tuner/hypergrad_norm", record.hypergrad_norm)
+        scalar("tuner/hypergrad_spread", record.hypergrad_spread)
+        scalar("tuner/meta_lr", record.meta_lr)
+        scalar("tuner/seconds_per_meta_step", record.seconds)
         w.flush()
 
-    def on_end(self, tuner: Tuner, result: TuneResult) -> None:
-        cfg = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in result.config.to_dict().items()}
-        metrics = {f"hparam/{split}_{k}": v for split, ev in result.evaluation.items() for k, v in ev.items()}
-        self.writer.add_hparams(cfg, metrics, run_name=".")
+    def on_end(self, tuner: TuningRun, result: TuneResult) -> None:
+        step = max(tuner.step_count - 1, 0)
+        for metric in _SUMMARY_METRICS:
+            value = result.evaluation.get("best", {}).get(metric)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(f"summary/best_{metric}", float(value), step)
+        self.writer._get_file_writer().add_summary(_session_end(), step)
         self.writer.flush()
         self.writer.close()
 
 
-class ProgressBar:
-    """A tqdm bar over meta steps showing the current and best validation loss."""
+class ProgressBar(Callback):
+    """A tqdm bar over meta steps showing the current and best validation loss.
 
-    def __init__(self, *, disable: bool | None = None, desc: str = "meta steps") -> None:
+    At the end the bar shows the result's best validation loss, that of the final evaluation
+    (:func:`hypergrad.strategies.final_evaluation`: the initial, best and final hyperparameters
+    on one identical inner run), so the bar's last ``best`` is the number the summary prints.
+    """
+
+    def __init__(self, *, disable: bool | None = None, desc: str = "meta steps", total: int | None = None) -> None:
         self.disable = disable
         self.desc = desc
+        self.total = total  # default: config.meta_steps (a warm-started run counts from its first step)
         self.bar: Any = None
 
-    def on_start(self, tuner: Tuner) -> None:
+    def on_start(self, tuner: TuningRun) -> None:
         from tqdm.auto import tqdm
 
         self.bar = tqdm(
-            total=tuner.config.meta_steps, initial=tuner.step_count, desc=self.desc, disable=self.disable,
+            total=self.total if self.total is not None else tuner.config.meta_steps, initial=tuner.step_count,
+            desc=self.desc, disable=self.disable,
             dynamic_ncols=True,
         )
 
-    def on_meta_step(self, tuner: Tuner, record: dict[str, Any]) -> None:
+    def on_meta_step(self, tuner: TuningRun, record: MetaStepRecord) -> None:
         if self.bar is None:
             return
-        val = record["val_loss"]
+        val = record.val_loss
         self.bar.set_postfix(
             val_loss=f"{val:.4f}" if val is not None else "nan",
             best=f"{tuner.best_loss:.4f}",
@@ -104,12 +275,19 @@ class ProgressBar:
         )
         self.bar.update(1)
 
-    def on_end(self, tuner: Tuner, result: TuneResult) -> None:
-        if self.bar is not None:
-            self.bar.close()
+    def on_end(self, tuner: TuningRun, result: TuneResult) -> None:
+        if self.bar is None:
+            return
+        best = result.evaluation.get("best", {}).get("val_loss")
+        if best is not None:
+            self.bar.set_description(f"{self.desc} + final evaluation", refresh=False)
+            self.bar.set_postfix(best=f"{best:.4f}" if math.isfinite(best) else "nan", refresh=False)
+            self.bar.refresh()
+        self.bar.close()
+        self.bar = None
 
 
-class LoggingCallback:
+class LoggingCallback(Callback):
     r"""Log divergence events and actions through the ``hypergrad`` logger.
 
     Also warns, once per run, when every Neumann series of a meta step stopped before its
@@ -121,22 +299,22 @@ class LoggingCallback:
     def __init__(self) -> None:
         self._warned_zero_terms = False
 
-    def on_meta_step(self, tuner: Tuner, record: dict[str, Any]) -> None:
-        if record["events"]:
-            logger.warning(
-                "meta step %d: %s -> %s", record["step"], ", ".join(record["events"]), record["action"]
-            )
-        solver = record.get("solver") or {}
+    def on_meta_step(self, tuner: TuningRun, record: MetaStepRecord) -> None:
+        if record.events:
+            logger.warning("meta step %d: %s -> %s", record.step, ", ".join(record.events), record.action)
+        solver = record.solver
         if (
             not self._warned_zero_terms
-            and solver.get("method") == "neumann"
-            and "growth" in solver.get("stop_reasons", ())
-            and solver.get("iterations") == 0
+            and solver is not None
+            and solver.skipped is None
+            and solver.method == "neumann"
+            and "growth" in solver.stop_reasons
+            and solver.iterations == 0
         ):
             self._warned_zero_terms = True
             logger.warning(
                 "meta step %d: every Neumann series stopped before its first term (a growing term; spectral "
                 "radius estimate %.4g), so the hypergradient is the direct term only. Smaller learning rates, "
                 "fewer inner steps, stop_on_growth=false or method='cg' avoid this (logged once per run)",
-                record["step"], solver.get("spectral_radius", float("nan")),
+                record.step, solver.spectral_radius,
             )

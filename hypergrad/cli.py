@@ -72,8 +72,15 @@ def _add_tune_flags(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group("output")
     add_config_flags(o, RunConfig, groups=["output"])
     o.add_argument("--resume", default=None, metavar="DIR", help="continue the run checkpointed in DIR")
-    o.add_argument("--overwrite", action="store_true", help="start afresh even if --logdir has a checkpoint")
+    o.add_argument("--overwrite", action="store_true",
+                   help="start afresh even if --logdir has a checkpoint (its TensorBoard event files are removed)")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s = p.add_argument_group("optuna study (refine a black-box search)")
+    s.add_argument("--from-study", default=None, metavar="STORAGE",
+                   help="start from the best completed trial of the Optuna study --study-name in STORAGE "
+                        "(sqlite:///FILE.db, journal:FILE, postgresql://...) and write every meta step back to it "
+                        "as a trial (user attrs method, cost, seconds); --meta-steps more steps are run")
+    s.add_argument("--study-name", default=None, metavar="NAME", help="the study of --from-study")
     d = p.add_argument_group("distributed (under torchrun)")
     d.add_argument(
         "--dist-backend",
@@ -90,7 +97,25 @@ def _collect(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+def column_format(values: list[float], digits: int = 4) -> str:
+    """One format spec for a whole column: fixed ``digits`` decimals, or scientific if a value needs it.
+
+    Fixed decimals are used when every value is 0 or at least ``10**-(digits-1)`` in size
+    (so each keeps ``digits`` significant digits or more) and below ``1e6``; otherwise the
+    whole column is written as ``.{digits-1}e``.
+    """
+    finite = [abs(v) for v in values if v == v and abs(v) != float("inf")]
+    if all(v == 0 or 10.0 ** -(digits - 1) <= v < 1e6 for v in finite):
+        return f".{digits}f"
+    return f".{digits - 1}e"
+
+
 # ---------------------------------------------------------------------- tune
+def _describe_strategy(cfg: TuneConfig) -> str:
+    """``neumann`` (the gradient strategy's method) or ``the sign strategy`` (N: its budget of inner trainings)."""
+    return cfg.method if cfg.strategy == "gradient" else f"the {cfg.strategy} strategy"
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from hypergrad.callbacks import LoggingCallback, ProgressBar, TensorBoardLogger
     from hypergrad.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
@@ -107,6 +132,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         values["logdir"] = str(args.resume)
         if args.meta_steps is not None:  # allow extending a finished run
             values["meta_steps"] = args.meta_steps
+        if args.budget is not None:
+            values["budget"] = args.budget
     else:
         values = _collect(args)
     cfg, run = build_configs(values)
@@ -124,19 +151,37 @@ def cmd_tune(args: argparse.Namespace) -> int:
             f"{str(logdir)!r} already holds a checkpoint; continue it with --resume {logdir}, "
             "or pass --overwrite / another --logdir"
         )
+    if logdir is not None and state is None and args.overwrite and main_rank and logdir.is_dir():
+        for old in logdir.glob("events.out.tfevents.*"):  # the old run's curves would overlay the new one's
+            old.unlink()
     if logdir is not None and state is None and parallel is not None:
         parallel.barrier()  # every rank checks the folder before rank 0 writes to it
+    study = _open_study(args, cfg, run) if args.from_study else None
     problem, split = build_problem(run, cfg, parallel=parallel)
     callbacks: list[Any] = []
     if main_rank:
         callbacks.append(LoggingCallback())
-    if main_rank and not args.no_progress:
-        callbacks.append(ProgressBar())
-    tuner = Tuner(problem, cfg, callbacks=callbacks, x_test=split.x_test, y_test=split.y_test)
+    progress = ProgressBar() if main_rank and not args.no_progress else None
+    if progress is not None:
+        callbacks.append(progress)
+    tuner = Tuner(problem, cfg, callbacks=callbacks, x_test=split.x_test, y_test=split.y_test,
+                  strategy=cfg.strategy)
     if state is not None:
         tuner.load_state_dict(state["tuner"])
+    budget = None
+    if study is not None:
+        from hypergrad.studies import StudyRecorder, warm_start_from_study
+
+        start = warm_start_from_study(tuner, study)
+        budget = start.step + cfg.meta_steps
+        if progress is not None:
+            progress.total = budget
+        if main_rank:
+            tuner.callbacks.append(StudyRecorder(study, space=start.space))
+            print(f"starting from trial {start.trial} of study {study.study_name!r} (value {start.value:.4f}); "
+                  f"meta steps {start.step}..{budget - 1} are written back to it", file=sys.stderr)
     if logdir is not None and main_rank:
-        tuner.callbacks.append(TensorBoardLogger(logdir, global_step_offset=tuner.step_count))
+        tuner.callbacks.append(TensorBoardLogger(logdir, global_step_offset=tuner.step_count, dataset=run.dataset))
     saved_values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
 
     def checkpoint(t: Tuner) -> None:
@@ -149,12 +194,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(
             f"tuning {cfg.per} learning rates and momenta ({problem.spec.num_hyperparameters} hyperparameters) "
             f"of an MLP {split.num_features}-{'-'.join(map(str, run.hidden))}-{split.num_classes} on {run.dataset} "
-            f"with {cfg.method} (T={cfg.inner_steps}, K={cfg.truncate}, M={cfg.hyper_batches}, N={cfg.meta_steps})",
+            f"with {_describe_strategy(cfg)} (T={cfg.inner_steps}, K={cfg.truncate}, M={cfg.hyper_batches}, "
+            f"N={cfg.meta_steps if cfg.budget is None else cfg.budget})",
             file=sys.stderr,
         )
     code = EXIT_OK
     try:
-        result = tuner.run(on_checkpoint=checkpoint)
+        result = tuner.run(budget=budget, on_checkpoint=checkpoint)
     except DivergenceError as exc:
         print(f"hypergrad: error: {exc}; the best hyperparameters so far are kept", file=sys.stderr)
         result = tuner.finish()
@@ -171,16 +217,25 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if out:
         _write_json(out, summary)
     ev = result.evaluation
+    final = f"; final {ev['final']['val_loss']:.4f}" if "final" in ev else ""
+    where = "" if "selection" not in result.info else (
+        f", mean of {len(result.info['selection']['salts'])} unseen batch orders")
     print(
         f"validation loss: {ev['initial']['val_loss']:.4f} (initial) -> {ev['best']['val_loss']:.4f} "
-        f"(best, meta step {result.best_step}); final {ev['final']['val_loss']:.4f}"
+        f"(best, meta step {result.best_step}{where}){final}"
     )
+    if result.info:
+        print(f"inner trainings: {result.info['inner_trainings']} of a budget of {result.info['budget']}; "
+              f"hypergradient: {result.info['estimator']['reason']}")
     if "test_accuracy" in ev["initial"]:
         print(f"test accuracy:   {ev['initial']['test_accuracy']:.4f} -> {ev['best']['test_accuracy']:.4f}")
     if problem.spec.per != "element":
         print("torch.optim.SGD param groups (lr = alpha*(1-beta), momentum = beta, dampening = 0):")
-        for g in result.param_groups():
-            print(f"  {g['name']:<12} lr={g['lr']:.5g}  momentum={g['momentum']:.4f}")
+        groups = result.param_groups()
+        lr_fmt = column_format([g["lr"] for g in groups])
+        width = max(len(g["name"]) for g in groups)
+        for g in groups:
+            print(f"  {g['name']:<{width}}  lr={g['lr']:{lr_fmt}}  momentum={g['momentum']:.4f}")
     if out:
         print(f"results: {out}")
     if logdir is not None:
@@ -188,12 +243,34 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return code
 
 
+def _open_study(args: argparse.Namespace, cfg: TuneConfig, run: RunConfig) -> Any:
+    """The existing study of ``--from-study STORAGE --study-name NAME``, checked against this problem."""
+    from hypergrad._imports import optional_import
+    from hypergrad.baselines import make_storage
+    from hypergrad.studies import check_study_problem
+
+    optuna = optional_import("optuna", "optuna", purpose="--from-study")
+    if args.resume:
+        raise UsageError("--from-study starts a new run; it cannot be combined with --resume")
+    if not args.study_name:
+        raise UsageError("--from-study needs --study-name NAME (the study to start from)")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=args.study_name, storage=make_storage(args.from_study))
+    except KeyError:
+        raise UsageError(f"no study {args.study_name!r} in --from-study {args.from_study!r}") from None
+    key = {"inner_steps": cfg.inner_steps, "batch_size": cfg.batch_size, "per": cfg.per, "seed": cfg.seed,
+           "meta_loss": cfg.meta_loss, "dataset": run.dataset, "hidden": list(run.hidden), "n_train": run.n_train}
+    check_study_problem(study, key)
+    return study
+
+
 # ---------------------------------------------------------------------- check-grad
 def cmd_check_grad(args: argparse.Namespace) -> int:
     import torch
 
     from hypergrad._tree import tree_dot, tree_norm
-    from hypergrad.tuner import Tuner
+    from hypergrad.objective import MetaObjective
     from hypergrad.workloads import build_problem
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -207,10 +284,11 @@ def cmd_check_grad(args: argparse.Namespace) -> int:
     rows = []
     ref = None
     for m in ["bptt", *[m for m in methods if m != "bptt"]]:
-        tuner = Tuner(problem, cfg.__class__(**{**cfg.to_dict(), "method": m}))
+        objective = MetaObjective(problem, cfg.__class__(**{**cfg.to_dict(), "method": m}))
         t0 = time.perf_counter()
-        grad, _, loss, stats = tuner.hypergradient(tuner.hparams, tuner.batches(0), m, salt=0)
+        result = objective.hypergradient(objective.initial_hparams(), 0, method=m)
         seconds = time.perf_counter() - t0
+        grad, loss = result.grad, result.meta_loss
         if ref is None:
             ref = grad
         cos = float(tree_dot(grad, ref)) / max(tree_norm(grad) * tree_norm(ref), 1e-300)
@@ -223,7 +301,7 @@ def cmd_check_grad(args: argparse.Namespace) -> int:
                 "norm": tree_norm(grad),
                 "seconds": seconds,
                 "meta_loss": float(loss),
-                "solver": stats.get("solver"),
+                "solver": result.solver.to_dict() if result.solver is not None else None,
                 "grad": [g.tolist() for g in grad],
             }
         )
@@ -269,7 +347,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--hybrid-split", type=float, default=0.3,
                    help="fraction of the budget TPE spends before the tuner refines (0.3)")
     t = parser.add_argument_group("the tuner's meta optimisation (gradient methods and hybrids)")
-    add_config_flags(t, TuneConfig, groups=["meta"], exclude=["method", "meta_steps"])
+    add_config_flags(t, TuneConfig, groups=["meta"], exclude=["method", "meta_steps", "strategy", "budget"])
     o = parser.add_argument_group("optuna")
     o.add_argument("--storage", default=None,
                    help="Optuna storage: sqlite:///FILE.db, postgresql://..., journal:FILE or FILE.log/.journal "
@@ -277,6 +355,13 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--study-name", default="hypergrad-compare",
                    help="prefix of the study names (<name>.<method>.seed<S>); studies resume")
     o.add_argument("--n-jobs", type=_positive_int, default=1, help="parallel Optuna trials (threads) per study")
+    o.add_argument("--worker", type=int_flag(0), default=None, metavar="I",
+                   help="this worker's index (0, 1, ...) on a shared --storage: its sampler is seeded from "
+                        "--seed and I, so a stored run is reproducible. Without it the sampler is seeded from "
+                        "--seed and the process id (workers never repeat each other's points, but a rerun "
+                        "draws other points). With several workers TPE also sees the others' trials in the "
+                        "order they finish, so only a single worker's search repeats exactly; gradient methods "
+                        "are reproducible by seed either way. Their meta steps are stored as trials too")
     o.add_argument("--pruner", choices=PRUNERS, default="none",
                    help="median: prune on intermediate validation losses (off by default: budgets stay comparable)")
     o.add_argument("--prune-every", type=_positive_int, default=None,
@@ -320,7 +405,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     storage = make_storage(args.storage)
     settings = OptunaSettings(
         storage=storage, study_name=args.study_name, pruner=args.pruner, prune_every=args.prune_every,
-        n_jobs=args.n_jobs, space=space,
+        n_jobs=args.n_jobs, space=space, worker=args.worker,
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     seeds = list(range(cfg.seed, cfg.seed + args.seeds))

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from hypergrad.hyperparams import GRANULARITIES
 from hypergrad.methods import method_names
 
@@ -40,6 +42,7 @@ else:  # Python 3.10: the same parser, from PyPI
 __all__ = [
     "DATASETS",
     "DIVERGENCE_POLICIES",
+    "STRATEGY_NAMES",
     "TUNER_METHODS",
     "ConfigError",
     "Option",
@@ -59,6 +62,8 @@ __all__ = [
 
 
 DIVERGENCE_POLICIES = ("backoff", "skip", "clip", "fallback", "stop")
+#: The built-in strategies (:data:`hypergrad.strategies.STRATEGIES`, which a test keeps equal to this).
+STRATEGY_NAMES = ("auto", "gradient", "sign", "hybrid")
 DATASETS = ("digits", "mnist")
 #: The methods the Tuner runs: forward mode is in the core only until the Tuner takes it (issue 15).
 TUNER_METHODS = method_names("unrolled") + method_names("implicit")
@@ -145,6 +150,20 @@ class TuneConfig:
         "backoff", "divergence policy: backoff (restore the best hyperparameters, halve the meta lr), skip "
         "(the update), clip (an exploding hypergradient to --clip or 1; skip a non-finite one), fallback "
         "(rbp -> neumann for that step, else skip) or stop", choices=DIVERGENCE_POLICIES, group="meta")
+    strategy: str = _field(
+        "gradient", "the meta loop: gradient (Adam on the hypergradient of --method, the paper's), sign "
+        "(sign steps with per-hyperparameter step sizes, BPTT or RBP by --max-memory, selection on unseen "
+        "batch orders), hybrid (TPE, then sign steps from its best trials) or auto (the measured default)",
+        choices=STRATEGY_NAMES, group="meta")
+    budget: int | None = _field(
+        None, "inner trainings of T steps the whole run spends: meta steps, search trials and selection "
+        "runs all count", minimum=1, none="meta_steps", group="meta")
+    max_memory: float | None = _field(
+        None, "GiB that BPTT's unrolled graph may take in the sign/hybrid/auto strategies; above it they "
+        "use RBP (--method if it is an RBP method, else neumann)", positive=True,
+        none="min(2, a share of the free memory)", group="meta")
+    global_trials: int | None = _field(
+        None, "hybrid: TPE trials of the global phase", minimum=1, none="0.3 x budget", group="meta")
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -171,11 +190,20 @@ class RunConfig:
     hidden: tuple[int, ...] = _field((50, 50, 50), "hidden layer sizes of the tanh MLP", minimum=1,
                                      metavar="50,50,50", group="data")
     n_train: int | None = _field(None, "MNIST training images", minimum=1, none="10000", group="data")
+    device: str | None = _field(None, "where to tune: cpu, cuda or cuda:N (model, data, hyperparameters, Adam "
+                                "state and solves all live there)", none="cpu; each rank's GPU under torchrun "
+                                "with NCCL", metavar="DEVICE", group="data")
     logdir: str | None = _field(None, "TensorBoard logs and checkpoints", metavar="DIR", group="output")
     out: str | None = _field(None, "results JSON", none="DIR/results.json", metavar="FILE", group="output")
 
     def __post_init__(self) -> None:
         _validate(self)
+        if self.device is not None:
+            try:
+                torch.device(self.device)
+            except (RuntimeError, ValueError):
+                raise ConfigError(f"device={self.device!r} is not a torch device; expected cpu, cuda or cuda:N"
+                                  ) from None
 
 
 # ---------------------------------------------------------------------- what a field accepts

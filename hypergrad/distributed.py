@@ -16,7 +16,10 @@ Semantics (DDP on the functional inner loop):
 * only rank 0 logs, shows progress, and writes results and checkpoints.
 
 Backend: ``nccl`` when CUDA is available, else ``gloo`` (override with
-``--dist-backend``).
+``--dist-backend``). Under ``nccl`` every rank runs on its own GPU, ``cuda:LOCAL_RANK``
+(:attr:`DataParallel.device`): the CLI builds the problem there, so the model, the batches,
+the hyperparameters and every tensor a collective reduces live on it (NCCL reduces
+only CUDA tensors). Under ``gloo`` the problem stays where ``--device`` puts it (CPU by default).
 """
 
 from __future__ import annotations
@@ -39,10 +42,15 @@ def launched_by_torchrun() -> bool:
 
 @dataclass(frozen=True)
 class DataParallel:
-    """Rank, world size and the collectives the tuner needs."""
+    """Rank, world size, this rank's device and the collectives the tuner needs.
+
+    ``device``: where this rank's problem runs (``cuda:LOCAL_RANK`` under NCCL; ``None``:
+    wherever the caller puts it, the CPU for gloo). The flags of :meth:`any` are reduced there.
+    """
 
     rank: int
     world_size: int
+    device: torch.device | None = None
 
     @property
     def is_main(self) -> bool:
@@ -84,7 +92,7 @@ class DataParallel:
 
     def any(self, flag: bool) -> bool:
         """Logical OR over ranks (so every rank takes the same decision)."""
-        t = torch.tensor([1.0 if flag else 0.0])
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
@@ -102,6 +110,12 @@ def init_from_env(backend: str = "auto") -> DataParallel:
         raise ValueError(f"unknown distributed backend {backend!r}; expected auto, gloo or nccl")
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+    device = None
+    if backend == "nccl":
+        if not torch.cuda.is_available():
+            raise ValueError("--dist-backend nccl needs CUDA, which is not available; use gloo")
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
-    return DataParallel(rank=dist.get_rank(), world_size=dist.get_world_size())
+    return DataParallel(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device)

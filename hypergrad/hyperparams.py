@@ -152,8 +152,10 @@ class HyperSpec:
         seg = segment_index(num_steps, self.segments)
         return None if self.segments == 1 else seg
 
-    def init(self, lr: float, momentum: float, dtype: torch.dtype = torch.float32) -> tuple[Tensor, ...]:
-        """Unconstrained hyperparameters ``(log_lr_0..log_lr_G-1, logit_mom_0..logit_mom_G-1)``.
+    def init(
+        self, lr: float, momentum: float, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+    ) -> tuple[Tensor, ...]:
+        """Unconstrained hyperparameters ``(log_lr_0..log_lr_G-1, logit_mom_0..logit_mom_G-1)`` on ``device``.
 
         With ``segments = S > 1`` each tensor has a leading axis of ``S`` equal values.
         """
@@ -167,8 +169,8 @@ class HyperSpec:
             shapes = [torch.Size([])] * self.num_groups
         if self.segments > 1:
             shapes = [torch.Size([self.segments, *s]) for s in shapes]
-        log_lr = tuple(torch.full(s, math.log(lr), dtype=dtype) for s in shapes)
-        logit_m = tuple(torch.full(s, _logit(momentum), dtype=dtype) for s in shapes)
+        log_lr = tuple(torch.full(s, math.log(lr), dtype=dtype, device=device) for s in shapes)
+        logit_m = tuple(torch.full(s, _logit(momentum), dtype=dtype, device=device) for s in shapes)
         return log_lr + logit_m
 
     def split(self, hparams: Sequence[Tensor]) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
@@ -205,23 +207,23 @@ class HyperSpec:
         return lrs, moms
 
     def describe(self, hparams: Sequence[Tensor]) -> dict[str, dict[str, float | list[float]]]:
-        """``{tensor name: {"lr": alpha, "momentum": beta}}`` (lists for per-element).
+        r"""``{tensor name: {"lr": alpha*(1-beta), "momentum": beta, "alpha": alpha}}`` (``*_mean`` for per-element).
 
-        A schedule gives lists of ``S`` values, one per segment (``"lr"``/``"momentum"``, or
-        the per-segment ``"lr_mean"``/``"momentum_mean"`` for per-element).
+        ``lr`` is the learning rate of ``torch.optim.SGD`` (:func:`to_sgd_param_groups`), the
+        number the CLI prints; ``alpha`` is :math:`\alpha` of the update :math:`w' = w + \alpha v'`.
+        A schedule (``segments > 1``) gives each a list of ``S`` values, one per segment.
         """
         hp = [h.detach() for h in hparams]
         per_segment = [self.per_tensor(hp, segment=s if self.segments > 1 else None) for s in range(self.segments)]
         out: dict[str, dict[str, float | list[float]]] = {}
         for i, name in enumerate(self.param_names):
-            lrs = [lr[i] for lr, _ in per_segment]
-            moms = [mom[i] for _, mom in per_segment]
-            if lrs[0].dim() == 0:
-                keys, a, b = ("lr", "momentum"), [float(x) for x in lrs], [float(x) for x in moms]
-            else:
-                keys = ("lr_mean", "momentum_mean")
-                a, b = [float(x.mean()) for x in lrs], [float(x.mean()) for x in moms]
-            out[name] = {keys[0]: a[0], keys[1]: b[0]} if self.segments == 1 else {keys[0]: a, keys[1]: b}
+            values: dict[str, list[float]] = {}
+            for lrs, moms in per_segment:
+                a64, b64 = lrs[i].double(), moms[i].double()
+                mean = "" if a64.dim() == 0 else "_mean"
+                for key, x in (("lr", a64 * (1.0 - b64)), ("momentum", b64), ("alpha", a64)):
+                    values.setdefault(key + mean, []).append(float(x.mean()))
+            out[name] = {k: v[0] for k, v in values.items()} if self.segments == 1 else dict(values)
         return out
 
 

@@ -10,9 +10,29 @@ The update is :func:`sgd_momentum_step` (pure, differentiable) and its in-place 
 twin :func:`sgd_momentum_step_` (the no-graph hot loop); every inner path uses one of them.
 
 The state is :math:`h = (w_1..w_n, v_1..v_n)` and the "parameters" of this RNN
-are the hyperparameters :math:`(\alpha, \beta)`. The user's ``nn.Module`` is run
-through :func:`torch.func.functional_call`; its buffers (e.g. BatchNorm running
-statistics) are held fixed at their values when the problem is built.
+are the hyperparameters :math:`(\alpha, \beta)`: one pair per trainable tensor (frozen
+tensors, ``requires_grad=False``, are left alone; a tensor shared by two modules is one
+tensor with one pair). The user's ``nn.Module`` is run through
+:func:`torch.func.functional_call` in the mode it is in:
+
+* **BatchNorm** (any ``_NormBase``) in train mode normalises with the statistics of the
+  batch at hand, in every path (inner steps, the ``M`` hyper-batches, the meta loss, which
+  is computed in chunks of ``chunk`` examples). Running statistics are never read in train
+  mode; the functional paths (:meth:`~InnerProblem.step`, :meth:`~InnerProblem.step_batched`,
+  the losses) leave them at their values when the problem was built, and
+  :meth:`~InnerProblem.train`'s private copy of the model updates them as torch would.
+  In eval mode the (initial, fixed) running statistics are used everywhere.
+* **Dropout** in train mode draws fresh masks at every call from torch's global generator;
+  the hypergradient is that of the masks drawn. ``with problem.rng(seed):`` makes a run a
+  function of ``seed`` (the inner run and the steps draw in the same order, so a BPTT run
+  and :meth:`~InnerProblem.train` over the same schedule see the same masks).
+* :meth:`~InnerProblem.step_batched` vectorises over the ``M`` hyper-batches with
+  ``torch.func.vmap`` and falls back to a loop over them for models vmap cannot batch
+  (``nn.GRU``, ``nn.LSTM``, data-dependent control flow): :attr:`~InnerProblem.batching`.
+
+**Device.** The problem runs where the model's parameters are (:attr:`InnerProblem.device`):
+the data are moved there by their source, and every state, hyperparameter and solve
+follows the weights.
 
 The data sit behind a :class:`~hypergrad.data.source.DataSource`: :meth:`InnerProblem.schedule`
 gives the ``T`` minibatches of one inner run, :meth:`InnerProblem.sample_batches` ``M``
@@ -24,7 +44,9 @@ and the benchmarks, so every method trains exactly the same way.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -33,6 +55,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from hypergrad._models import as_dtypes, call_model, default_metric, freeze_running_stats, grads_or_zeros
 from hypergrad._tree import Tree
 from hypergrad.data.schedule import BatchSchedule, batch_indices
 from hypergrad.data.source import (
@@ -46,12 +69,23 @@ from hypergrad.data.source import (
     as_batch,
     as_source,
     batch_len,
+    batch_to,
     shard_batch,
 )
+from hypergrad.data.source import stack_batches as stack_batches
 from hypergrad.distributed import DataParallel
 from hypergrad.hyperparams import HyperSpec
 
-__all__ = ["BatchSchedule", "InnerProblem", "batch_indices", "sgd_momentum_step", "sgd_momentum_step_"]
+__all__ = [
+    "BatchSchedule",
+    "InnerProblem",
+    "batch_indices",
+    "default_metric",
+    "sgd_momentum_step",
+    "sgd_momentum_step_",
+    "stack_batches",
+]
+logger = logging.getLogger("hypergrad")
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Source = TensorSource | DatasetSource | LoaderSource
@@ -97,10 +131,6 @@ def sgd_momentum_step_(
     torch._foreach_add_(weights, torch._foreach_mul(velocity, lrs))
 
 
-def _call(module: nn.Module, x: Inputs) -> Tensor:
-    return module(*x) if isinstance(x, tuple) else module(x)
-
-
 class InnerProblem:
     """A model, a loss and data, seen as the recurrent map of SGD with momentum.
 
@@ -119,6 +149,14 @@ class InnerProblem:
         parallel: data-parallel context under ``torchrun``: :meth:`train` then uses
             this rank's shard of every minibatch and averages the gradients over
             ranks (:mod:`hypergrad.distributed`). ``None``: one process.
+        metric: ``metric(outputs, targets) -> scalar`` reported beside the loss by
+            :meth:`evaluate` (a mean over the batch; averaged over batches by size). Default:
+            :func:`default_metric`, accuracy for class targets and nothing otherwise.
+
+    Attributes:
+        batching: how :meth:`step_batched` batches the ``M`` copies: ``"auto"`` (not yet
+            called), ``"vmap"``, or ``"loop"`` (vmap failed once on this model; the reason is
+            in :attr:`batching_reason`).
     """
 
     def __init__(
@@ -135,6 +173,7 @@ class InnerProblem:
         batch_size: int = 100,
         per: str = "tensor",
         parallel: DataParallel | None = None,
+        metric: Callable[[Tensor, Tensor], Tensor | float] | None = None,
     ) -> None:
         tensors = (x_train, y_train, x_val, y_val)
         if train is not None or val is not None:
@@ -154,16 +193,26 @@ class InnerProblem:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.model, self.loss_fn = model, loss_fn
-        self.batch_size, self.per, self.parallel = batch_size, per, parallel
+        if metric is not None and not callable(metric):
+            raise TypeError(f"metric must be a callable metric(outputs, targets), got {type(metric).__name__}")
+        self.batch_size, self.per, self.parallel, self.metric = batch_size, per, parallel, metric
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.spec = HyperSpec.build([(n, p.shape) for n, p in named], per)
         self.w0: tuple[Tensor, ...] = tuple(p.detach().clone() for _, p in named)
         # functional_call swaps tensors into the module it runs for the duration of the
         # call, so one module must never serve two threads at once (Optuna's n_jobs): a
         # pristine template is only ever deep-copied, and every thread runs its own copy.
+        # The functional copy's train-mode normalisation layers track no running statistics.
         self._template = copy.deepcopy(model)
+        self._functional = freeze_running_stats(copy.deepcopy(model))
         self._local = threading.local()
-        self.buffers: dict[str, Tensor] = {n: b.detach() for n, b in self._template.named_buffers()}
+        self.buffers: dict[str, Tensor] = {n: b.detach() for n, b in self._functional.named_buffers()}
+        self.batching, self.batching_reason = "auto", ""
+        #: Where the problem runs: the device of the model's first trainable tensor. The data
+        #: are delivered there (in-memory tensors moved once, loader batches as they are read).
+        self.device = self.w0[0].device if self.w0 else torch.device("cpu")
+        self.train_source = self.train_source.to(self.device)
+        self.val_source = self.val_source.to(self.device)
 
     def __repr__(self) -> str:
         return (f"InnerProblem(model={type(self.model).__name__}, train={type(self.train_source).__name__}, "
@@ -195,7 +244,7 @@ class InnerProblem:
 
     @x_train.setter
     def x_train(self, x: Inputs) -> None:
-        self.train_source = TensorSource(x, self._tensors("train").y, name="train_data")
+        self.train_source = TensorSource(x, self._tensors("train").y, name="train_data").to(self.device)
 
     @property
     def y_train(self) -> Tensor:
@@ -208,7 +257,7 @@ class InnerProblem:
 
     @x_val.setter
     def x_val(self, x: Inputs) -> None:
-        self.val_source = TensorSource(x, self._tensors("val").y, name="val_data")
+        self.val_source = TensorSource(x, self._tensors("val").y, name="val_data").to(self.device)
 
     @property
     def y_val(self) -> Tensor:
@@ -266,7 +315,7 @@ class InnerProblem:
             if isinstance(item, Tensor):  # a row of indices
                 yield next(iter(self._training_batches(item.unsqueeze(0))))
             else:
-                batch = as_batch(item, "batches")
+                batch = batch_to(as_batch(item, "batches"), self.device)
                 yield batch if shard is None else shard_batch(batch, *shard)
 
     # ------------------------------------------------------------------ the model
@@ -278,8 +327,24 @@ class InnerProblem:
         """This thread's own copy of the model, the one :func:`functional_call` runs."""
         module = getattr(self._local, "module", None)
         if module is None:
-            module = self._local.module = copy.deepcopy(self._template)
+            module = self._local.module = copy.deepcopy(self._functional)
         return module
+
+    def rng(self, seed: int) -> contextlib.AbstractContextManager[None]:
+        """A context in which torch's generators (CPU, and the model's GPU) start from ``seed``.
+
+        Restored on exit. Dropout masks drawn inside are a function of ``seed`` and of the
+        order of the calls. Not thread-safe (the generators are process-wide).
+        """
+        devices = sorted({w.device.index or 0 for w in self.w0 if w.device.type == "cuda"})
+
+        @contextlib.contextmanager
+        def seeded() -> Iterator[None]:
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                yield
+
+        return seeded()
 
     def fresh_model(self, weights: Sequence[Tensor] | None = None) -> nn.Module:
         """A private deep copy of the model holding ``weights`` (default :math:`w_0`) and the initial buffers."""
@@ -316,8 +381,8 @@ class InnerProblem:
         with torch.enable_grad():
             w_in = tuple(t if (build_graph and t.requires_grad) else t.detach().requires_grad_(True) for t in w)
             loss = self.loss(w_in, x, y)
-            grads = torch.autograd.grad(loss, w_in, create_graph=build_graph)
-        lrs, moms = self.spec.per_tensor(hparams)
+            grads = grads_or_zeros(loss, w_in, create_graph=build_graph)
+        lrs, moms = (as_dtypes(h, w) for h in self.spec.per_tensor(hparams))
         if build_graph:
             w_new, v_new = sgd_momentum_step(w, v, grads, lrs, moms)
             return w_new + v_new
@@ -331,7 +396,8 @@ class InnerProblem:
         n = self.num_tensors
         w, v = tuple(state[:n]), tuple(state[n:])
         grads = torch.func.grad(lambda ws: self.loss(ws, x, y))(w)
-        w_new, v_new = sgd_momentum_step(w, v, grads, *self.spec.per_tensor(hparams))
+        lrs, moms = (as_dtypes(h, w) for h in self.spec.per_tensor(hparams))
+        w_new, v_new = sgd_momentum_step(w, v, grads, lrs, moms)
         return w_new + v_new
 
     def step_batched(self, state: Tree, hparams: Tree, x: Inputs, y: Tensor) -> Tree:
@@ -344,23 +410,20 @@ class InnerProblem:
         diagonal: RBP on this map solves the ``M`` systems together, with ``M`` times larger
         tensor operations instead of ``M`` Python loops, and differentiating with respect to
         the ``M`` copies of the hyperparameters gives the per-minibatch hypergradients.
+
+        Models ``vmap`` cannot batch (``nn.GRU``, ``nn.LSTM``, ...) are detected on the first
+        call and looped over instead, with the same result (:attr:`batching`). Dropout
+        draws different masks for the ``M`` copies. Stack the batches with
+        :func:`stack_batches`.
         """
         n = self.num_tensors
         w, v = state[:n], state[n:]
         build_graph = torch.is_grad_enabled()
-        names = self.spec.param_names
-        module = self._module()
-
-        def one_loss(weights: tuple[Tensor, ...], xb: Inputs, yb: Tensor) -> Tensor:
-            params = dict(zip(names, weights))
-            params.update(self.buffers)
-            return self.loss_fn(functional_call(module, params, xb if isinstance(xb, tuple) else (xb,)), yb)
-
         with torch.enable_grad():
             w_in = tuple(t if (build_graph and t.requires_grad) else t.detach().requires_grad_(True) for t in w)
-            losses = vmap(one_loss)(w_in, x, y)
-            grads = torch.autograd.grad(losses.sum(), w_in, create_graph=build_graph)
-        lrs, moms = self.spec.per_tensor(hparams)
+            losses = self._batched_losses(w_in, x, y)
+            grads = grads_or_zeros(losses.sum(), w_in, create_graph=build_graph)
+        lrs, moms = (as_dtypes(h, w) for h in self.spec.per_tensor(hparams))
 
         def expand(h: Tensor, like: Tensor) -> Tensor:  # (M,) or (M, *shape) -> broadcastable to (M, *shape)
             return h.reshape(h.shape + (1,) * (like.dim() - h.dim()))
@@ -369,6 +432,34 @@ class InnerProblem:
             w, v, grads, [expand(a, wi) for a, wi in zip(lrs, w)], [expand(b, vi) for b, vi in zip(moms, v)]
         )
         return w_new + v_new
+
+    def _batched_losses(self, weights: tuple[Tensor, ...], x: Inputs, y: Tensor) -> Tensor:
+        """The ``M`` losses of :meth:`step_batched`: one ``vmap``-ed call, or a loop where vmap fails."""
+        names = self.spec.param_names
+        module = self._module()
+
+        def one_loss(ws: tuple[Tensor, ...], xb: Inputs, yb: Tensor) -> Tensor:
+            params = dict(zip(names, ws))
+            params.update(self.buffers)
+            return self.loss_fn(functional_call(module, params, xb if isinstance(xb, tuple) else (xb,)), yb)
+
+        if self.batching != "loop":
+            try:
+                losses = vmap(one_loss, randomness="different")(weights, x, y)
+            except (RuntimeError, NotImplementedError) as exc:
+                if self.batching == "vmap":  # vmap has worked on this model: a genuine error
+                    raise
+                self.batching = "loop"
+                self.batching_reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                logger.info("torch.func.vmap cannot batch this model (%s); step_batched loops over the "
+                            "%d hyper-batches", self.batching_reason, len(y))
+            else:
+                self.batching = "vmap"
+                return losses
+        return torch.stack([
+            one_loss(tuple(t[i] for t in weights), tuple(t[i] for t in x) if isinstance(x, tuple) else x[i], y[i])
+            for i in range(len(y))
+        ])
 
     def train(
         self,
@@ -397,7 +488,7 @@ class InnerProblem:
         w = [p for p in model.parameters() if p.requires_grad]
         with torch.no_grad():
             v = [t.clone() for t in h[n:]]
-            lrs, moms = self.spec.per_tensor([p.detach() for p in hparams])
+            lrs, moms = (as_dtypes(h, w) for h in self.spec.per_tensor([p.detach() for p in hparams]))
             if lrs[0].dim() == 0:
                 lrs_s: list = [float(a) for a in lrs]
                 moms_s: list = [float(b) for b in moms]
@@ -406,7 +497,7 @@ class InnerProblem:
             damping = [-(1.0 - b) for b in moms_s]
             for t, (x, y) in enumerate(self._training_batches(batches)):
                 with torch.enable_grad():
-                    grads = torch.autograd.grad(self.loss_fn(_call(model, x), y), w)
+                    grads = grads_or_zeros(self.loss_fn(call_model(model, x), y), w)
                 if par is not None:
                     par.all_reduce_mean_(grads)
                 sgd_momentum_step_(w, v, grads, lrs_s, moms_s, damping=damping)
@@ -439,7 +530,7 @@ class InnerProblem:
         with the size of the split (the RBP methods' meta-loss gradient).
         """
         leaves = tuple(w.detach().requires_grad_(True) for w in weights)
-        total = torch.zeros((), dtype=leaves[0].dtype if leaves else torch.float32)
+        total = torch.zeros((), dtype=leaves[0].dtype if leaves else torch.float32, device=self.device)
         grads = [torch.zeros_like(w) for w in leaves]
         count = 0
         with torch.enable_grad():
@@ -454,6 +545,40 @@ class InnerProblem:
         if count == 0:
             raise ValueError(f"the {split} data yielded no examples")
         return total / count, tuple(g.div_(count) for g in grads)
+
+    def evaluate(self, weights: Sequence[Tensor], data: Any = "val", *, chunk: int = 1024) -> dict[str, float]:
+        """The loss and the metric of ``weights`` on a split (``"val"``, ``"train"``) or on any data.
+
+        ``data``: a split name, or anything :func:`~hypergrad.data.source.as_source` accepts
+        (e.g. the test set). Returns ``{"loss": ..., name: ...}``: ``name`` is the metric's
+        ``__name__`` (``"metric"`` for a lambda), ``"accuracy"`` for the default metric on
+        class targets, and is left out when the default metric does not apply (regression).
+        Means over examples, batch by batch (chunks of ``chunk`` for in-memory data).
+        Non-finite values are reported as they are, never raised.
+        """
+        source = self._source(data) if isinstance(data, str) else as_source(data, "data").to(self.device)
+        metric = self.metric if self.metric is not None else default_metric
+        name = getattr(self.metric, "__name__", "metric") if self.metric is not None else "accuracy"
+        if name == "<lambda>":
+            name = "metric"
+        loss_sum, metric_sum, count, has_metric = 0.0, 0.0, 0, True
+        with torch.no_grad():
+            for x, y in source.chunks(chunk):
+                k = batch_len((x, y))
+                out = self.forward(weights, x)
+                loss_sum += float(self.loss_fn(out, y)) * k
+                value = metric(out, y) if has_metric else None
+                if value is None:
+                    has_metric = False
+                else:
+                    metric_sum += float(value) * k
+                count += k
+        if count == 0:
+            raise ValueError("the data yielded no examples")
+        result = {"loss": loss_sum / count}
+        if has_metric:
+            result[name] = metric_sum / count
+        return result
 
     def accuracy(self, weights: Sequence[Tensor], x: Inputs, y: Tensor) -> float:
         with torch.no_grad():

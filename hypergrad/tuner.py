@@ -1,154 +1,93 @@
-r"""The meta loop: inner training -> hypergradient (averaged) -> Adam step (paper §5.3).
+r"""The Tuner: runs a strategy on a meta objective, with callbacks and checkpoints (paper §5.3).
 
-Each meta step
+The Tuner is built from parts, each in its own module:
 
-1. restarts the inner model from the same initial weights :math:`w_0`;
-2. trains it for ``T = inner_steps`` steps of SGD with momentum on fresh
-   minibatches (drawn from a generator seeded by ``(seed, meta step)``, so a run
-   is reproducible and resumable);
-3. evaluates the meta loss at :math:`w_T` (validation loss by default);
-4. computes the hypergradient w.r.t. :math:`(\log\alpha, \operatorname{logit}\beta)`:
+* :class:`~hypergrad.objective.MetaObjective`: the problem, its batch schedules (seeded by
+  ``(seed, meta step)``, so a run is reproducible and resumable), the meta loss and the
+  hypergradient of every method;
+* :mod:`hypergrad.strategies`: the meta loop (``"gradient"``, the paper's: inner training
+  -> hypergradient averaged over minibatches -> divergence guards -> Adam step);
+* :mod:`hypergrad.divergence`: the ``on_divergence`` policies as pure functions;
+* :mod:`hypergrad.records`: the typed hypergradient, per-meta-step record and result;
+* :mod:`hypergrad.callbacks`: the observers (TensorBoard, progress bar, logging).
 
-   * ``"bptt"`` / ``"tbptt"``: :func:`hypergrad.unrolled_grad` through all / the
-     last ``truncate`` inner steps;
-   * ``"rbp"`` / ``"cg"`` / ``"neumann"`` / ``"gmres"``: the ``T`` inner steps keep
-     no graph; at :math:`h_T` :func:`hypergrad.fixed_point_grad` on the step map is
-     solved for each of ``hyper_batches`` minibatches and the results averaged
-     ("average the meta gradient ... across multiple minibatches");
-5. guards against divergence (non-finite losses, exploding hypergradients,
-   diverging solvers) by the ``on_divergence`` policy, and takes an Adam step.
-
-The best hyperparameters by validation loss are tracked; a tuned run therefore
-never reports worse hyperparameters than it started with.
+The Tuner holds the strategy's state (:attr:`Tuner.state`), calls the callbacks, and
+writes and reads the state a checkpoint holds. The best hyperparameters by validation
+loss are tracked; a tuned run therefore never reports worse hyperparameters than it
+started with.
 """
 
 from __future__ import annotations
 
-import logging
+import copy
 import math
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from hypergrad._tree import Tree, tree_isfinite, tree_norm
-from hypergrad.config import TuneConfig, tune_config
-from hypergrad.hyperparams import HyperSpec, to_sgd_param_groups
-from hypergrad.implicit import fixed_point_grad
-from hypergrad.inner import BatchSchedule, InnerProblem
-from hypergrad.unroll import unrolled_grad
+from hypergrad.callbacks import Callback
+from hypergrad.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from hypergrad.config import DIVERGENCE_POLICIES, TUNER_METHODS, TuneConfig, tune_config
+from hypergrad.divergence import DivergenceError
+from hypergrad.hyperparams import HyperSpec
+from hypergrad.inner import InnerProblem
+from hypergrad.objective import MetaObjective
+from hypergrad.records import MetaStepRecord, TuneResult
+from hypergrad.strategies import SearchState, Strategy, get_strategy
+from hypergrad.validation import check_problem
 
 __all__ = [
+    "DIVERGENCE_POLICIES",
     "TUNE_METHODS",
     "Callback",
     "DivergenceError",
     "TuneConfig",
+    "TuneError",
     "TuneResult",
     "Tuner",
     "tune",
 ]
 
-UNROLLED_METHODS = ("bptt", "tbptt")
-IMPLICIT_METHODS = ("rbp", "cg", "neumann", "gmres")
-STACKABLE_METHODS = ("rbp", "cg", "neumann")  # solved as one block-diagonal system under batch_hyper
-TUNE_METHODS = UNROLLED_METHODS + IMPLICIT_METHODS
-DIVERGENCE_POLICIES = ("backoff", "skip", "clip", "fallback", "stop")
-logger = logging.getLogger("hypergrad")
+class TuneError(RuntimeError):
+    """A tuning run failed after its validation; what it finished is kept.
 
-
-class DivergenceError(RuntimeError):
-    """Raised when ``on_divergence="stop"`` and a meta step diverged."""
-
-
-class Callback(Protocol):
-    """Observer of a tuning run. Every method is optional."""
-
-    def on_start(self, tuner: Tuner) -> None: ...
-
-    def on_meta_step(self, tuner: Tuner, record: dict[str, Any]) -> None: ...
-
-    def on_end(self, tuner: Tuner, result: TuneResult) -> None: ...
-
-
-@dataclass
-class TuneResult:
-    """Outcome of :func:`tune`.
+    The cause (the user's model, loss, metric or callback raising, or a divergence under
+    ``on_divergence="stop"``) is ``__cause__``.
 
     Attributes:
-        spec: the hyperparameter layout.
-        config: the resolved configuration.
-        best: unconstrained hyperparameters with the lowest validation meta loss.
-        final: hyperparameters after the last meta step.
-        history: one record per meta step (losses, hypergradient norm, solver info, timing).
-        evaluation: ``{"initial"|"best"|"final": {val_loss, train_loss, test_loss, test_accuracy}}``
-            from one identical inner run per set of hyperparameters.
-        best_step: meta step of ``best`` (0: the initial hyperparameters).
+        result: a :class:`TuneResult` of the finished meta steps (``history``, the best and
+            the current hyperparameters; ``evaluation`` is empty: no final evaluation ran).
+        step: the meta step that failed (``None``: the final evaluation failed).
+        checkpoint: the checkpoint holding the finished steps (``None`` without ``checkpoint_dir``).
     """
 
-    spec: HyperSpec
-    config: TuneConfig
-    best: tuple[Tensor, ...]
-    final: tuple[Tensor, ...]
-    history: list[dict[str, Any]]
-    evaluation: dict[str, dict[str, float]] = field(default_factory=dict)
-    best_step: int = 0
-
-    @property
-    def hyperparameters(self) -> dict[str, dict[str, float | list[float]]]:
-        """The best learning rate and momentum of each tensor, by name."""
-        return self.spec.describe(self.best)
-
-    @property
-    def final_hyperparameters(self) -> dict[str, dict[str, float | list[float]]]:
-        return self.spec.describe(self.final)
-
-    def param_groups(self, model_or_params: nn.Module | Sequence[Tensor] | None = None) -> list[dict[str, Any]]:
-        """The best hyperparameters as ``torch.optim.SGD`` param groups.
-
-        Pass the model (or its trainable tensors in order) to get groups with
-        ``"params"`` filled in: ``torch.optim.SGD(result.param_groups(model))``.
-        """
-        params: Sequence[Tensor] | None
-        if isinstance(model_or_params, nn.Module):
-            params = [p for p in model_or_params.parameters() if p.requires_grad]
-        else:
-            params = model_or_params
-        return to_sgd_param_groups(self.spec, self.best, params)
-
-    def to_json(self) -> dict[str, Any]:
-        groups = self.param_groups() if self.spec.per != "element" else []
-        return {
-            "config": self.config.to_dict(),
-            "num_hyperparameters": self.spec.num_hyperparameters,
-            "best_step": self.best_step,
-            "hyperparameters": self.hyperparameters,
-            "final_hyperparameters": self.final_hyperparameters,
-            "param_groups": groups,
-            "evaluation": {
-                k: {m: (v if _finite(v) else None) for m, v in ev.items()} for k, ev in self.evaluation.items()
-            },
-            "meta_loss": [r["meta_loss"] for r in self.history],
-            "train_loss": [r["train_loss"] for r in self.history],
-            "val_loss": [r["val_loss"] for r in self.history],
-            "seconds": [r["seconds"] for r in self.history],
-            "hypergrad_norm": [r["hypergrad_norm"] for r in self.history],
-            "history": self.history,
-        }
+    def __init__(self, message: str, *, result: TuneResult, step: int | None, checkpoint: Path | None) -> None:
+        super().__init__(message)
+        self.result, self.step, self.checkpoint = result, step, checkpoint
 
 
-def _finite(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
+#: The hypergradient methods the Tuner runs (:data:`hypergrad.config.TUNER_METHODS`), kept for callers of the tuner.
+TUNE_METHODS = TUNER_METHODS
 
 
 class Tuner:
-    """Stateful meta-optimisation of one :class:`InnerProblem`.
+    """Stateful meta-optimisation of one :class:`InnerProblem` by one :class:`~hypergrad.strategies.Strategy`.
 
-    Use :func:`tune` for the one-call API. The tuner's whole state is in
-    :meth:`state_dict` (hyperparameters, Adam state, history, best so far,
-    meta-lr scale), which is what checkpoints hold.
+    Use :func:`tune` for the one-call API. The run's whole state is :attr:`state` (for the
+    ``"gradient"`` strategy: hyperparameters, Adam state, history, best so far, meta-lr scale)
+    plus the torch RNG state, all in :meth:`state_dict`, which is what checkpoints hold.
+
+    Args:
+        problem: the inner problem.
+        config: the run's settings.
+        callbacks: observers (:class:`~hypergrad.callbacks.Callback` subclasses).
+        test_data: optional test set reported in the result's evaluation (``x_test, y_test``:
+            the old form).
+        strategy: a name in :data:`hypergrad.strategies.STRATEGIES` or a
+            :class:`~hypergrad.strategies.Strategy` instance.
     """
 
     def __init__(
@@ -157,456 +96,196 @@ class Tuner:
         config: TuneConfig,
         *,
         callbacks: Sequence[Callback] = (),
+        test_data: Any = None,
         x_test: Tensor | None = None,
         y_test: Tensor | None = None,
+        strategy: str | Strategy = "gradient",
     ) -> None:
-        if problem.per != config.per:
-            raise ValueError(f"problem granularity {problem.per!r} differs from config.per {config.per!r}")
-        if problem.parallel is not None and config.method in UNROLLED_METHODS:
-            raise ValueError(
-                f"method {config.method!r} is not supported with torch.distributed (it would need differentiable "
-                f"collectives through all inner steps); use one of {', '.join(IMPLICIT_METHODS)}"
-            )
+        for i, cb in enumerate(callbacks):
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks[{i}] is a {type(cb).__name__}, not a hypergrad.callbacks.Callback; "
+                                "subclass Callback and override the hooks you need")
+        self.objective = MetaObjective(problem, config, test_data=test_data, x_test=x_test, y_test=y_test)
         self.problem = problem
         self.config = config
         self.callbacks = list(callbacks)
-        self.x_test, self.y_test = x_test, y_test
-        self.spec = problem.spec
-        dtype = problem.w0[0].dtype
-        self.hparams = tuple(
-            h.requires_grad_(True) for h in self.spec.init(config.init_lr, config.init_momentum, dtype)
-        )
-        self.optimizer = torch.optim.Adam(self.hparams, lr=config.meta_lr)
-        self.history: list[dict[str, Any]] = []
-        self.best = tuple(h.detach().clone() for h in self.hparams)
-        self.best_loss = math.inf
-        self.best_step = 0
-        self.lr_scale = 1.0
-        self.step_count = 0
+        self.strategy = get_strategy(strategy)
+        self.state: SearchState = self.strategy.init(self.objective, config)
 
-    # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "hparams": [h.detach().clone() for h in self.hparams],
-            "optimizer": self.optimizer.state_dict(),
-            "history": self.history,
-            "best": [b.clone() for b in self.best],
-            "best_loss": self.best_loss if math.isfinite(self.best_loss) else None,
-            "best_step": self.best_step,
-            "lr_scale": self.lr_scale,
-            "step_count": self.step_count,
-            "torch_rng": torch.get_rng_state(),
-            "config": self.config.to_dict(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if len(state["hparams"]) != len(self.hparams):
-            raise ValueError("checkpoint does not match this problem's hyperparameter layout")
-        with torch.no_grad():
-            for h, s in zip(self.hparams, state["hparams"]):
-                if h.shape != s.shape:
-                    raise ValueError("checkpoint does not match this problem's hyperparameter shapes")
-                h.copy_(s)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.history = list(state["history"])
-        self.best = tuple(b.clone() for b in state["best"])
-        self.best_loss = math.inf if state["best_loss"] is None else float(state["best_loss"])
-        self.best_step = int(state["best_step"])
-        self.lr_scale = float(state["lr_scale"])
-        self.step_count = int(state["step_count"])
-        torch.set_rng_state(state["torch_rng"])
-
-    # ------------------------------------------------------------------ pieces
-    def _seed(self, salt: int) -> int:
-        return self.config.seed * 1_000_003 + salt
-
-    def _generator(self, salt: int) -> torch.Generator:
-        return torch.Generator().manual_seed(self._seed(salt))
-
-    def batches(self, salt: int) -> BatchSchedule:
-        """The ``T`` minibatches (rows of ``B`` indices) of meta step ``salt`` (``-1``: the evaluation run).
-
-        Seeded by ``(seed, salt)``: every method, trial and rank trains on the same batches.
-        Drawn lazily, one epoch at a time (:class:`~hypergrad.inner.BatchSchedule`), so the
-        index memory does not grow with ``T``.
-        """
-        return BatchSchedule(
-            len(self.problem.x_train), self.config.batch_size, self.config.inner_steps, self._seed(salt)
-        )
-
-    def _meta_lr(self) -> float:
-        base = self.config.meta_lr * self.lr_scale
-        if self.config.lr_schedule == "cosine":
-            frac = self.step_count / max(self.config.meta_steps, 1)
-            return base * 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
-        return base
+    # ------------------------------------------------------------------ read-only views of the state
+    @property
+    def spec(self) -> HyperSpec:
+        return self.objective.spec
 
     @property
-    def _meta_split(self) -> str:
-        return "train" if self.config.meta_loss == "train" else "val"
+    def hparams(self) -> tuple[Tensor, ...]:
+        """The current unconstrained hyperparameters."""
+        return self.state.hparams
 
-    def meta_loss(self, weights: Sequence[Tensor]) -> Tensor:
-        """The meta loss of inner weights: validation loss (default) or the whole training loss."""
-        return self.problem.eval_loss(weights, self._meta_split)
+    @property
+    def best(self) -> tuple[Tensor, ...]:
+        """The hyperparameters with the lowest validation loss so far."""
+        return self.state.best
 
-    def hypergradient(
-        self, hparams: Tree, batches: Sequence[Tensor] | Tensor, method: str | None = None, salt: int = 0
-    ) -> tuple[Tree, Tree, Tensor, dict[str, Any]]:
-        """One inner run and its hypergradient.
+    @property
+    def best_loss(self) -> float:
+        return self.state.best_loss
 
-        Returns ``(grad, h_T, meta_loss, stats)``; ``grad`` is aligned with
-        ``hparams``. For RBP methods, ``stats`` holds the solver statistics and
-        the spread of the per-minibatch hypergradients.
+    @property
+    def best_step(self) -> int:
+        return self.state.best_step
+
+    @property
+    def step_count(self) -> int:
+        """The next meta step (its batch salt)."""
+        return self.state.step_count
+
+    @property
+    def history(self) -> list[MetaStepRecord]:
+        return self.state.history
+
+    # ------------------------------------------------------------------ state
+    def warm_start(self, hparams: Sequence[Tensor], *, best_loss: float, step: int) -> None:
+        """Start from given hyperparameters instead of the configured ones (e.g. a black-box search's best).
+
+        Args:
+            hparams: unconstrained hyperparameters (the layout of :meth:`HyperSpec.init`); they become
+                the current and the best ones.
+            best_loss: their loss, the best so far (``math.inf``: none known).
+            step: the next meta step, so that its batches (salt ``step``) continue a schedule
+                already spent (``best_step`` is set to it too).
+
+        Raises:
+            ValueError: after the first meta step, or for hyperparameters of another layout.
         """
-        cfg = self.config
-        method = method or cfg.method
-        problem = self.problem
-        n = problem.num_tensors
-        hp = tuple(h.detach() for h in hparams)
-        stats: dict[str, Any] = {}
-        start = time.perf_counter()
-        if method in UNROLLED_METHODS:
-            k = cfg.inner_steps if method == "bptt" else cfg.truncate
-            prefix = cfg.inner_steps - k
-            h_start = problem.train(hp, batches[:prefix]) if prefix > 0 else problem.initial_state()
-            rows = iter(batches[prefix:])
+        self.state.warm_start(hparams, best_loss=best_loss, step=step)
 
-            def step(state: Tree, p: Tree) -> Tree:
-                idx = next(rows)
-                return problem.step(state, p, problem.x_train[idx], problem.y_train[idx])
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.state.state_dict(), "torch_rng": torch.get_rng_state(), "config": self.config.to_dict()}
 
-            def loss_fn(state: Tree) -> tuple[Tensor, tuple[Tensor, Tree]]:
-                stats["inner_seconds"] = time.perf_counter() - start  # the T steps, before the backward
-                loss = self.meta_loss(state[:n])
-                return loss, (loss.detach(), tuple(s.detach() for s in state))
-
-            grad, (meta_loss, h_t) = unrolled_grad(step, h_start, hp, k, loss_fn, truncate=None, has_aux=True)
-            return grad, h_t, meta_loss, stats
-
-        h_t = problem.train(hp, batches)
-        stats["inner_seconds"] = time.perf_counter() - start
-        # the meta loss and dL/dw_T chunk by chunk: no graph over the whole split
-        meta_loss, gw = problem.eval_loss_and_grad(h_t[:n], self._meta_split)
-        if not (tree_isfinite(h_t) and tree_isfinite(gw) and bool(torch.isfinite(meta_loss))):
-            # The inner training blew up: there is no fixed point to differentiate. The caller sees a
-            # non-finite meta loss and applies the divergence policy; nothing non-finite is returned.
-            nan = torch.full((), float("nan"), dtype=meta_loss.dtype)
-            stats["hypergrad_spread"] = float("nan")
-            stats["solver"] = {"method": method, "skipped": "non-finite inner state"}
-            return tuple(torch.zeros_like(h) for h in hp), h_t, nan, stats
-        state_grad = tuple(gw) + tuple(torch.zeros_like(v) for v in h_t[n:])
-        hyper_sets = self.hyper_batches(salt)
-        par = problem.parallel
-        mine = hyper_sets[par.rank :: par.world_size] if par is not None else hyper_sets
-        grads, infos = [], []
-        if cfg.batch_hyper and par is None and len(mine) > 1 and method in STACKABLE_METHODS:
-            grads, info = self._stacked_hypergradients(h_t, hp, state_grad, mine, method)
-            infos.append(info)
-            mine = []
-        for x, y in mine:
-
-            def step(state: Tree, p: Tree, x: Tensor = x, y: Tensor = y) -> Tree:
-                return problem.step(state, p, x, y)
-
-            g, info = fixed_point_grad(
-                step,
-                h_t,
-                hp,
-                state_grad,
-                method=method,
-                max_iter=cfg.truncate,
-                stop_on_growth=cfg.stop_on_growth and method == "neumann",
-            )
-            grads.append(g)
-            infos.append(info)
-        count = len(hyper_sets)
-        sums = [torch.zeros_like(h) for h in hp]
-        squares = [torch.zeros_like(h) for h in hp]
-        for g in grads:
-            for s_, q_, gi in zip(sums, squares, g):
-                s_.add_(gi)
-                q_.add_(gi * gi)
-        if par is not None:  # the meta update is identical on every rank
-            reduced = par.all_reduce_sum(sums + squares)
-            sums, squares = reduced[: len(hp)], reduced[len(hp) :]
-        mean = tuple(s_ / count for s_ in sums)
-        if count > 1:
-            var = tuple(((q_ - count * m * m) / (count - 1)).clamp_min(0) for q_, m in zip(squares, mean))
-            stats["hypergrad_spread"] = tree_norm(tuple(v.sqrt() for v in var)) / max(tree_norm(mean), 1e-30)
-        else:
-            stats["hypergrad_spread"] = 0.0
-        # A Neumann series cut short by stop_on_growth is the safeguard at work: the partial sum
-        # up to the first growing term is kept and logged ("growth" in stop_reasons), not backed off.
-        diverged = any(i.diverged and i.stop_reason != "growth" for i in infos)
-        if par is not None:
-            diverged = par.any(diverged)
-        finite_rho = [i.spectral_radius for i in infos if not math.isnan(i.spectral_radius)]
-        stats["solver"] = {
-            "method": method,
-            "iterations": float(sum(i.iterations for i in infos) / max(len(infos), 1)),
-            "residual": max((i.residual for i in infos), default=0.0),
-            "converged": all(i.converged for i in infos),
-            "diverged": diverged,
-            "stop_reasons": sorted({i.stop_reason for i in infos}),
-            "spectral_radius": max(finite_rho) if finite_rho else float("nan"),
-        }
-        return mean, h_t, meta_loss.detach(), stats
-
-    def _stacked_hypergradients(
-        self, h_t: Tree, hp: Tree, state_grad: Tree, batches: list[tuple[Tensor, Tensor]], method: str
-    ) -> tuple[list[Tree], Any]:
-        """Per-minibatch hypergradients from ONE solve of the stacked (block-diagonal) system."""
-        problem, cfg = self.problem, self.config
-        m = len(batches)
-        xs = torch.stack([x for x, _ in batches])
-        ys = torch.stack([y for _, y in batches])
-
-        def stack(tree: Tree) -> Tree:
-            return tuple(t.unsqueeze(0).expand(m, *t.shape).clone() for t in tree)
-
-        def step(state: Tree, p: Tree) -> Tree:
-            return problem.step_batched(state, p, xs, ys)
-
-        g, info = fixed_point_grad(
-            step, stack(h_t), stack(hp), stack(state_grad), method=method, max_iter=cfg.truncate,
-            stop_on_growth=cfg.stop_on_growth and method == "neumann", blocks=True,
-        )
-        return [tuple(t[i] for t in g) for i in range(m)], info
-
-    def hyper_batches(self, salt: int) -> list[tuple[Tensor, Tensor]]:
-        """The ``M`` minibatches on which the RBP step map is linearised at meta step ``salt``.
-
-        Drawn independently of the inner run's batches (``fixed_point_batch="full"``:
-        the whole training set once, the paper code's setting).
-        """
-        problem, cfg = self.problem, self.config
-        if cfg.fixed_point_batch == "full":
-            return [(problem.x_train, problem.y_train)]
-        gen = self._generator(salt * 7919 + 17)
-        n_train = len(problem.x_train)
-        out = []
-        for _ in range(cfg.hyper_batches):
-            idx = torch.randperm(n_train, generator=gen)[: cfg.batch_size]
-            out.append((problem.x_train[idx], problem.y_train[idx]))
-        return out
-
-    def evaluate(self, hparams: Tree, salt: int = -1) -> dict[str, float]:
-        """Train once with ``hparams`` (a fixed batch order) and report losses/accuracy."""
-        problem = self.problem
-        h_t = problem.train(hparams, self.batches(salt))
-        w = h_t[: problem.num_tensors]
-        with torch.no_grad():
-            out = {
-                "val_loss": float(problem.eval_loss(w, "val")),
-                "train_loss": float(problem.eval_loss(w, "train")),
-            }
-            if self.x_test is not None and self.y_test is not None:
-                out["test_loss"] = float(problem.loss_fn(problem.forward(w, self.x_test), self.y_test))
-                out["test_accuracy"] = problem.accuracy(w, self.x_test, self.y_test)
-            out["val_accuracy"] = problem.accuracy(w, problem.x_val, problem.y_val)
-        return out
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state.load_state_dict(state)
+        torch.set_rng_state(state["torch_rng"])
 
     # ------------------------------------------------------------------ the loop
-    def meta_step(self) -> dict[str, Any]:
-        """Run one meta step and return its record (also appended to ``history``)."""
-        cfg = self.config
-        t0 = time.perf_counter()
-        k = self.step_count
-        current = tuple(h.detach().clone() for h in self.hparams)
-        batches = self.batches(k)
-        events: list[str] = []
-        method = cfg.method
-        grad, h_t, meta_loss, stats = self.hypergradient(current, batches, method, salt=k)
-        n = self.problem.num_tensors
-        with torch.no_grad():
-            train_loss = float(self.problem.eval_loss(h_t[:n], "train")) if cfg.meta_loss == "val" else float(
-                meta_loss
-            )
-            val_loss = float(meta_loss) if cfg.meta_loss == "val" else float(self.problem.eval_loss(h_t[:n], "val"))
-        gnorm = tree_norm(grad)
-        loss_ok = _finite(val_loss) and _finite(train_loss) and _finite(float(meta_loss))
-        first = self.history[0]["val_loss"] if self.history else None
-        if not loss_ok:
-            events.append("nonfinite_loss")
-        elif cfg.blowup_ratio is not None and first is not None and val_loss > cfg.blowup_ratio * first:
-            events.append("loss_blowup")
-        elif not _finite(gnorm):
-            events.append("nonfinite_hypergrad")
-        elif gnorm > cfg.explode_threshold:
-            events.append("exploding_hypergrad")
-        if stats.get("solver", {}).get("diverged"):
-            events.append("solver_diverged")
-        handled: set[str] = set()
-        if events and cfg.on_divergence == "fallback" and method == "rbp" and loss_ok:
-            grad, _, _, stats = self.hypergradient(current, batches, "neumann", salt=k)
-            gnorm = tree_norm(grad)
-            events.append("fallback_neumann")
-            neumann_diverged = bool(stats.get("solver", {}).get("diverged"))
-            if _finite(gnorm) and gnorm <= cfg.explode_threshold and not neumann_diverged:
-                handled = {"solver_diverged", "exploding_hypergrad", "nonfinite_hypergrad", "fallback_neumann"}
-        # Track the best hyperparameters by validation loss (of the hparams evaluated this step).
-        if loss_ok and val_loss < self.best_loss:
-            self.best_loss, self.best, self.best_step = val_loss, current, k
-        apply = True
-        action = "update"
-        bad = [e for e in events if e not in handled and e != "fallback_neumann"]
-        if handled:
-            action = "fallback"
-        if bad:
-            policy = cfg.on_divergence
-            if policy == "stop":
-                self._record(k, t0, current, val_loss, train_loss, float(meta_loss), gnorm, stats, events, "stop")
-                raise DivergenceError(f"meta step {k}: {', '.join(bad)} (on_divergence='stop')")
-            if policy == "clip" and bad == ["exploding_hypergrad"]:
-                target = cfg.clip if cfg.clip is not None else cfg.explode_threshold
-                scale = min(1.0, target / gnorm)
-                grad = tuple(g * scale for g in grad)
-                action = "clipped"
-            elif policy == "backoff":
-                with torch.no_grad():
-                    for h, b in zip(self.hparams, self.best):
-                        h.copy_(b)
-                self.lr_scale *= 0.5
-                apply, action = False, "backoff"
-            else:
-                apply, action = False, "skipped"
-        if apply:
-            if cfg.clip is not None and gnorm > cfg.clip and action == "update":
-                grad = tuple(g * (cfg.clip / gnorm) for g in grad)
-                action = "clipped"
-            if cfg.normalize and gnorm > 0:
-                grad = tuple(g / tree_norm(grad) for g in grad)
-            for group in self.optimizer.param_groups:
-                group["lr"] = self._meta_lr()
-            for h, g in zip(self.hparams, grad):
-                h.grad = g.to(h.dtype)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        self.step_count += 1
-        record = self._record(k, t0, current, val_loss, train_loss, float(meta_loss), gnorm, stats, events, action)
+    def _after_step(self, record: MetaStepRecord) -> None:
         for cb in self.callbacks:
-            if hasattr(cb, "on_meta_step"):
-                cb.on_meta_step(self, record)
+            cb.on_meta_step(self, record)
+
+    def meta_step(self) -> MetaStepRecord:
+        """Run one step of the strategy and return its record (also appended to ``history``)."""
+        record = self.strategy.step(self.objective, self.config, self.state)
+        self._after_step(record)
         return record
 
-    def _record(
-        self,
-        k: int,
-        t0: float,
-        hparams: Tree,
-        val_loss: float,
-        train_loss: float,
-        meta_loss: float,
-        gnorm: float,
-        stats: dict[str, Any],
-        events: list[str],
-        action: str,
-    ) -> dict[str, Any]:
-        def clean(x: float) -> float | None:
-            return float(x) if _finite(x) else None
-
-        record = {
-            "step": k,
-            "meta_loss": clean(meta_loss),
-            "val_loss": clean(val_loss),
-            "train_loss": clean(train_loss),
-            "hypergrad_norm": clean(gnorm),
-            "hypergrad_spread": clean(stats.get("hypergrad_spread", float("nan"))),
-            "solver": {
-                key: (clean(v) if isinstance(v, float) else v) for key, v in stats.get("solver", {}).items()
-            },
-            "events": events,
-            "action": action,
-            "meta_lr": self._meta_lr(),
-            "seconds": time.perf_counter() - t0,
-            "inner_seconds": stats.get("inner_seconds"),
-            "hyperparameters": self.spec.describe(hparams),  # those this step evaluated
-        }
-        self.history.append(record)
-        return record
+    def partial_result(self) -> TuneResult:
+        """The run so far, without a final evaluation: the history, the best and the current hyperparameters."""
+        state = self.state
+        return TuneResult(spec=self.spec, config=self.config, best=tuple(b.detach().clone() for b in state.best),
+                          final=tuple(h.detach().clone() for h in state.hparams), history=list(state.history),
+                          evaluation={}, best_step=state.best_step)
 
     def finish(self) -> TuneResult:
-        """Evaluate the initial, best and final hyperparameters on one identical inner run."""
-        initial = tuple(h.detach() for h in self.spec.init(self.config.init_lr, self.config.init_momentum,
-                                                            self.problem.w0[0].dtype))
-        final = tuple(h.detach().clone() for h in self.hparams)
-        evaluation = {"initial": self.evaluate(initial), "best": self.evaluate(self.best)}
-        evaluation["final"] = self.evaluate(final)
-        init_val, final_val = evaluation["initial"]["val_loss"], evaluation["final"]["val_loss"]
-        blown = not _finite(final_val) or (
-            self.config.blowup_ratio is not None and final_val > self.config.blowup_ratio * init_val
-        )
-        if blown and self.config.on_divergence != "stop":
-            # The last update was never guarded by a meta step: apply the guard here.
-            logger.warning("after the last meta step: validation loss %.4g blew up; restoring the best", final_val)
-            with torch.no_grad():
-                for h, b in zip(self.hparams, self.best):
-                    h.copy_(b)
-            final = tuple(b.clone() for b in self.best)
-            evaluation["final"] = dict(evaluation["best"], reverted=1.0)
-        # On the common evaluation run, the exported hyperparameters must be no worse than the
-        # initial ones (the loop compared losses on different minibatch orders), and the final ones,
-        # never evaluated during the loop, may be the best.
-        def val(key: str) -> float:
-            v = evaluation[key]["val_loss"]
-            return v if _finite(v) else math.inf
-
-        if val("initial") < val("best"):
-            self.best, self.best_step = initial, 0
-            evaluation["best"] = evaluation["initial"]
-        if val("final") < val("best"):
-            self.best, self.best_step = final, len(self.history)
-            evaluation["best"] = evaluation["final"]
-        result = TuneResult(
-            spec=self.spec,
-            config=self.config,
-            best=tuple(b.clone() for b in self.best),
-            final=final,
-            history=self.history,
-            evaluation=evaluation,
-            best_step=self.best_step,
-        )
+        """The strategy's final evaluation (initial, best and final hyperparameters on one identical run)."""
+        result = self.strategy.finish(self.objective, self.config, self.state)
         for cb in self.callbacks:
-            if hasattr(cb, "on_end"):
-                cb.on_end(self, result)
+            cb.on_end(self, result)
         return result
 
-    def run(self, *, on_checkpoint: Callable[[Tuner], None] | None = None) -> TuneResult:
-        """Run the remaining meta steps, then :meth:`finish`."""
+    def run(
+        self, *, budget: float | None = None, on_checkpoint: Callable[[Tuner], None] | None = None
+    ) -> TuneResult:
+        """Run the strategy until its budget (default: ``config.meta_steps``) is spent, then :meth:`finish`.
+
+        ``on_checkpoint(tuner)`` is called after every step (e.g. to save :meth:`state_dict`).
+        """
         for cb in self.callbacks:
-            if hasattr(cb, "on_start"):
-                cb.on_start(self)
-        while self.step_count < self.config.meta_steps:
-            self.meta_step()
+            cb.on_start(self)
+
+        def after(record: MetaStepRecord) -> None:
+            self._after_step(record)
             if on_checkpoint is not None:
                 on_checkpoint(self)
-        return self.finish()
+
+        result = self.strategy.run(self.objective, self.config, budget, state=self.state, on_record=after)
+        for cb in self.callbacks:
+            cb.on_end(self, result)
+        return result
+
+
+def _checkpoint_state(tuner: Tuner) -> dict[str, Any]:
+    return {"api": "tune", "tuner": tuner.state_dict()}
+
+
+def _resume(tuner: Tuner, folder: Path, cfg: TuneConfig) -> None:
+    """Load ``folder``'s checkpoint of an earlier :func:`tune` call with the same settings (``meta_steps`` aside)."""
+    state = load_checkpoint(folder)
+    if state.get("api") != "tune" or not isinstance(state.get("tuner"), dict):
+        raise ValueError(f"checkpoint_dir {str(folder)!r} holds a checkpoint of another kind of run "
+                         "(e.g. 'hypergrad tune'); pass another folder")
+    saved = dict(state["tuner"].get("config", {}))
+    mine = cfg.to_dict()
+    changed = sorted(k for k in mine if k != "meta_steps" and saved.get(k, mine[k]) != mine[k])
+    if changed:
+        raise ValueError(f"checkpoint_dir {str(folder)!r} was written with other settings "
+                         f"({', '.join(f'{k}={saved[k]!r}' for k in changed)}); pass the same ones to resume")
+    tuner.load_state_dict(state["tuner"])
 
 
 def tune(
     model: nn.Module,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
-    train_data: tuple[Tensor, Tensor],
-    val_data: tuple[Tensor, Tensor],
+    train_data: Any,
+    val_data: Any,
     *,
-    test_data: tuple[Tensor, Tensor] | None = None,
+    test_data: Any = None,
+    metric: Callable[[Tensor, Tensor], Tensor | float] | None = None,
     callbacks: Sequence[Callback] = (),
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    device: str | torch.device | None = None,
     **config: Any,
 ) -> TuneResult:
-    """Tune per-tensor learning rates and momenta of ``model`` for SGD with momentum.
+    """Tune per-tensor learning rates and momenta of ``model`` for SGD with momentum (paper §5.3).
+
+    The model, the loss and the data are checked once, before any tuning work, with one dry
+    step (:func:`hypergrad.validation.check_problem`): misuse raises a ``TypeError`` or
+    ``ValueError`` that names the argument. After that, a failure of anything the user
+    supplied (model, loss, metric, callback) raises :class:`TuneError` carrying the finished
+    meta steps (``exc.result``); with ``checkpoint_dir`` they are also on disk.
 
     Args:
-        model: the user's module; its current weights are the inner runs' start.
-        loss_fn: ``loss_fn(outputs, targets) -> scalar``.
-        train_data: ``(x, y)`` for the inner training.
-        val_data: ``(x, y)`` for the validation meta loss and best tracking.
-        test_data: optional ``(x, y)`` reported in ``result.evaluation``.
+        model: the user's module, in the mode it should be trained in (train mode: BatchNorm
+            normalises with batch statistics and Dropout draws masks; see ``docs/tuning.md``).
+            Its current weights are the inner runs' start; it is never modified.
+        loss_fn: ``loss_fn(outputs, targets) -> scalar`` (the mean over the batch).
+        train_data, val_data: ``(x, y)`` tensors or NumPy arrays (``x`` may be a tuple of
+            tensors, passed as ``model(*x)``), a ``Dataset``, a ``DataLoader`` or any
+            re-iterable of ``(x, y)`` batches. The inner runs train on ``train_data``; the
+            meta loss (and the best tracking) is the loss on ``val_data``.
+        test_data: optional, of the same forms; reported in ``result.evaluation``.
+        metric: ``metric(outputs, targets) -> number`` reported beside the loss
+            (``val_<name>``, ``test_<name>``). Default: accuracy for integer class targets
+            with ``(N, C)`` outputs, nothing otherwise (a regression reports its loss only).
         callbacks: observers (e.g. :class:`hypergrad.callbacks.TensorBoardLogger`).
-        **config: fields of :class:`TuneConfig` (``method``, ``inner_steps``, ...).
+        checkpoint_dir: a folder for a checkpoint written after every meta step (the format
+            of ``hypergrad tune``'s, :mod:`hypergrad.checkpoint`).
+        resume: continue the run checkpointed in ``checkpoint_dir`` (same settings; a larger
+            ``meta_steps`` extends it). Without it, a folder that holds a checkpoint is refused.
+        device: where to tune (e.g. ``"cuda"``); default: the model's device. Another device
+            tunes a copy of the model moved there. Hyperparameters, Adam's state, the batches
+            and the RBP solves all live on it.
+        **config: fields of :class:`TuneConfig` (``strategy``, ``budget``, ``method``, ``inner_steps``, ...):
+            ``strategy`` names the meta loop (:data:`hypergrad.strategies.STRATEGIES`) and
+            ``budget`` the inner trainings of ``T`` steps the whole run spends (default ``meta_steps``).
 
     Returns:
         A :class:`TuneResult`; ``torch.optim.SGD(result.param_groups(model))``
         trains with the tuned hyperparameters.
+
+    Raises:
+        TypeError, ValueError: invalid settings, model, loss or data (before any meta step).
+        TuneError: a failure after the validation, with the finished steps.
 
     Example:
         >>> import torch, torch.nn.functional as F, hypergrad
@@ -620,10 +299,50 @@ def tune(
         ['0.bias']
     """
     cfg = tune_config(config)  # TypeError naming unknown keywords; ConfigError (a ValueError) for bad values
-    problem = InnerProblem(
-        model, loss_fn, train_data[0], train_data[1], val_data[0], val_data[1],
-        batch_size=cfg.batch_size, per=cfg.per,
-    )
-    x_test, y_test = test_data if test_data is not None else (None, None)
-    tuner = Tuner(problem, cfg, callbacks=callbacks, x_test=x_test, y_test=y_test)
-    return tuner.run()
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume must be True or False, got {resume!r}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs the checkpoint_dir of the run to continue")
+    if isinstance(model, nn.Module) and device is not None:
+        device = torch.device(device)
+        if any(p.device != device for p in model.parameters()):
+            model = copy.deepcopy(model).to(device)
+    problem, _ = check_problem(model, loss_fn, train_data, val_data, test_data=test_data,
+                               batch_size=cfg.batch_size, per=cfg.per, metric=metric)
+    tuner = Tuner(problem, cfg, callbacks=callbacks, test_data=test_data, strategy=cfg.strategy)
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if folder is not None:
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"checkpoint_dir {str(folder)!r} exists and is not a directory")
+        if (folder / CHECKPOINT_NAME).exists():
+            if not resume:
+                raise ValueError(f"checkpoint_dir {str(folder)!r} already holds a checkpoint; pass resume=True "
+                                 "to continue it, or another folder")
+            _resume(tuner, folder, cfg)
+        elif resume:
+            raise ValueError(f"resume=True but checkpoint_dir {str(folder)!r} holds no checkpoint")
+
+    def on_checkpoint(t: Tuner) -> None:
+        if folder is not None:
+            save_checkpoint(folder, _checkpoint_state(t))
+
+    stepping = [tuner.step_count < cfg.meta_steps]  # False once the meta steps are done: the final evaluation
+
+    def after_steps(t: Tuner) -> None:
+        on_checkpoint(t)
+        stepping[0] = t.step_count < cfg.meta_steps
+
+    try:
+        return tuner.run(on_checkpoint=after_steps)
+    except Exception as exc:  # the user's model, loss, metric or a callback failed: keep what was finished
+        partial = tuner.partial_result()
+        done = len(partial.history)
+        where = f"meta step {tuner.step_count}" if stepping[0] else "the final evaluation"
+        best = "" if not math.isfinite(tuner.best_loss) else f"; best validation loss {tuner.best_loss:.6g}"
+        saved = f", and in {str(folder / CHECKPOINT_NAME)!r}" if folder is not None and done else ""
+        raise TuneError(
+            f"tuning failed in {where} [{type(exc).__name__}: {exc}]; the {done} finished meta step(s) are "
+            f"in the exception's .result{saved}{best}",
+            result=partial, step=tuner.step_count if stepping[0] else None,
+            checkpoint=folder / CHECKPOINT_NAME if folder is not None and done else None,
+        ) from exc

@@ -23,11 +23,11 @@ from hypergrad.baselines import (
     make_pruner,
     make_sampler,
     make_storage,
-    meta_objective,
     run_study,
     to_hparams,
     trial_cost,
 )
+from hypergrad.objective import MetaObjective
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -41,9 +41,18 @@ def tiny_problem(seed: int = 0, per: str = "tensor") -> InnerProblem:
     return InnerProblem(model, F.cross_entropy, x[:64], y[:64], x[64:], y[64:], batch_size=16, per=per)
 
 
+def tiny_config(method: str = "neumann", inner_steps: int = 6, **kw) -> TuneConfig:
+    return TuneConfig(method=method, inner_steps=inner_steps, truncate=3, hyper_batches=2, batch_size=16, **kw)
+
+
 def tiny_tuner(method: str = "neumann", inner_steps: int = 6, **kw) -> Tuner:
-    cfg = TuneConfig(method=method, inner_steps=inner_steps, truncate=3, hyper_batches=2, batch_size=16, **kw)
+    cfg = tiny_config(method, inner_steps, **kw)
     return Tuner(tiny_problem(per=cfg.per), cfg)
+
+
+def tiny_objective(method: str = "neumann", inner_steps: int = 6, **kw) -> MetaObjective:
+    cfg = tiny_config(method, inner_steps, **kw)
+    return MetaObjective(tiny_problem(per=cfg.per), cfg)
 
 
 PARAMS = {
@@ -101,22 +110,26 @@ def test_suggestions_cover_every_group_with_log_uniform_lr():
 
 
 def test_element_granularity_is_refused():
-    tuner = tiny_tuner(per="element")
     with pytest.raises(ValueError, match="element"):
-        OptunaObjective(tuner)
+        OptunaObjective(tiny_objective(per="element"))
+
+
+def test_the_objective_is_a_meta_objective_not_a_tuner():
+    with pytest.raises(TypeError, match="objective must be a MetaObjective, got Tuner"):
+        OptunaObjective(tiny_tuner())
 
 
 # ---------------------------------------------------------------------- one objective
 @pytest.mark.parametrize("number", [0, 3])
 def test_objective_value_is_the_tuners_meta_loss_for_the_same_hparams(number):
-    tuner = tiny_tuner()
-    objective = OptunaObjective(tuner)
-    hp = to_hparams(tuner.spec, PARAMS)
+    meta = tiny_objective()
+    objective = OptunaObjective(meta)
+    hp = to_hparams(meta.spec, PARAMS)
     value = objective(optuna.trial.FixedTrial(PARAMS, number=number))
-    # Tuner.evaluate: one inner training on the batches of salt `number`, validation loss of w_T.
-    assert value == pytest.approx(tuner.evaluate(hp, salt=number)["val_loss"], rel=1e-6)
-    # Tuner.hypergradient: the same inner training inside the meta step -> the same meta loss.
-    _, _, meta_loss, _ = tuner.hypergradient(hp, tuner.batches(number), "neumann", salt=number)
+    # MetaObjective.evaluate: one inner training on the batches of salt `number`, validation loss of w_T.
+    assert value == pytest.approx(meta.evaluate(hp, salt=number)["val_loss"], rel=1e-6)
+    # MetaObjective.hypergradient: the same inner training inside the meta step -> the same meta loss.
+    meta_loss = meta.hypergradient(hp, number, method="neumann").meta_loss
     assert value == pytest.approx(float(meta_loss), rel=1e-6)
     # Another trial number trains on other batches (the tuner's seed policy).
     other = objective(optuna.trial.FixedTrial(PARAMS, number=number + 1))
@@ -126,25 +139,25 @@ def test_objective_value_is_the_tuners_meta_loss_for_the_same_hparams(number):
 def test_objective_matches_the_meta_loss_a_meta_step_records():
     tuner = tiny_tuner(method="bptt")
     start = tuple(h.detach().clone() for h in tuner.hparams)
-    expected = meta_objective(tuner, start, 0)
+    expected = tuner.objective.value(start, 0)
     record = tuner.meta_step()  # step 0 evaluates `start` on the batches of salt 0
-    assert record["val_loss"] == pytest.approx(expected, rel=1e-6)
-    value = OptunaObjective(tuner)(optuna.trial.FixedTrial(from_hparams(tuner.spec, start), number=0))
+    assert record.val_loss == pytest.approx(expected, rel=1e-6)
+    value = OptunaObjective(tuner.objective)(optuna.trial.FixedTrial(from_hparams(tuner.spec, start), number=0))
     assert value == pytest.approx(expected, rel=1e-5)
 
 
 def test_train_meta_loss_follows_the_tuners_setting():
-    tuner = tiny_tuner(meta_loss="train")
-    hp = to_hparams(tuner.spec, PARAMS)
-    value = OptunaObjective(tuner)(optuna.trial.FixedTrial(PARAMS, number=1))
-    assert value == pytest.approx(tuner.evaluate(hp, salt=1)["train_loss"], rel=1e-6)
+    meta = tiny_objective(meta_loss="train")
+    hp = to_hparams(meta.spec, PARAMS)
+    value = OptunaObjective(meta)(optuna.trial.FixedTrial(PARAMS, number=1))
+    assert value == pytest.approx(meta.evaluate(hp, salt=1)["train_loss"], rel=1e-6)
 
 
 def test_diverging_hparams_report_the_finite_fail_value():
-    tuner = tiny_tuner(inner_steps=30)
-    objective = OptunaObjective(tuner, SearchSpace(lr_high=1e7))
+    meta = tiny_objective(inner_steps=30)
+    objective = OptunaObjective(meta, SearchSpace(lr_high=1e7))
     with torch.no_grad():
-        w0_loss = float(tuner.meta_loss(tuner.problem.w0))
+        w0_loss = float(meta.meta_loss(meta.problem.w0))
     assert objective.fail_value == pytest.approx(2 * w0_loss)
     huge = {k: (1e6 if k.startswith("lr") else 0.0) for k in PARAMS}
     trial = optuna.trial.FixedTrial(huge, number=0)
@@ -155,19 +168,18 @@ def test_diverging_hparams_report_the_finite_fail_value():
 
 # ---------------------------------------------------------------------- budgets and pruning
 def test_run_study_spends_exactly_the_budget_and_resumes_without_extra_trials():
-    tuner = tiny_tuner()
+    meta = tiny_objective()
     study = create_or_load_study(storage=None, study_name=None, sampler=make_sampler("random", 0))
-    mine = run_study(study, OptunaObjective(tuner), budget=5)
+    mine = run_study(study, OptunaObjective(meta), budget=5)
     assert len(mine) == 5 and len(study.trials) == 5
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-    assert run_study(study, OptunaObjective(tuner), budget=5) == []
-    assert len(run_study(study, OptunaObjective(tuner), budget=7)) == 2
+    assert run_study(study, OptunaObjective(meta), budget=5) == []
+    assert len(run_study(study, OptunaObjective(meta), budget=7)) == 2
     assert [t.number for t in study.trials] == list(range(7))
 
 
 def test_median_pruner_charges_partial_inner_trainings():
-    tuner = tiny_tuner(inner_steps=20)
-    objective = OptunaObjective(tuner, SearchSpace(lr_low=1e-4, lr_high=3.0), report_every=4)
+    objective = OptunaObjective(tiny_objective(inner_steps=20), SearchSpace(lr_low=1e-4, lr_high=3.0), report_every=4)
     study = create_or_load_study(
         storage=None, study_name=None, sampler=make_sampler("random", 1),
         pruner=make_pruner("median", n_startup_trials=2),
@@ -194,9 +206,9 @@ def test_default_pruner_is_off_and_samplers_are_known():
 
 
 def test_cmaes_runs_on_the_objective():
-    tuner = tiny_tuner()
+    meta = tiny_objective()
     study = create_or_load_study(storage=None, study_name=None, sampler=make_sampler("cmaes", 0))
-    run_study(study, OptunaObjective(tuner), budget=6)
+    run_study(study, OptunaObjective(meta), budget=6)
     assert len(study.trials) == 6 and math.isfinite(study.best_value)
 
 
@@ -208,16 +220,24 @@ def test_make_storage_parses_journal_sqlite_and_rejects_garbage(tmp_path):
     assert make_storage(f"sqlite:///{tmp_path / 'd.db'}") == f"sqlite:///{tmp_path / 'd.db'}"
     with pytest.raises(ValueError, match="cannot read storage"):
         make_storage("study.db")
-    with pytest.raises(ValueError, match="does not exist"):
-        make_storage(str(tmp_path / "missing" / "x.log"))
+    # a storage in a missing folder: the folder is created (journal file and SQLite database)
+    journal = make_storage(str(tmp_path / "missing" / "x.log"))
+    assert (tmp_path / "missing").is_dir()
+    optuna.create_study(storage=journal, study_name="j")
+    url = make_storage(f"sqlite:///{tmp_path / 'new' / 'deeper' / 'e.db'}")
+    optuna.create_study(storage=url, study_name="s")
+    assert (tmp_path / "new" / "deeper" / "e.db").is_file()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="cannot create the folder"):
+        make_storage(str(tmp_path / "file" / "x.log"))
 
 
 def test_sqlite_study_resumes_and_refuses_another_problem(tmp_path):
     url = make_storage(f"sqlite:///{tmp_path / 's.db'}")
-    tuner = tiny_tuner()
+    meta = tiny_objective()
     key = {"inner_steps": 6, "seed": 0}
     study = create_or_load_study(storage=url, study_name="s", sampler=make_sampler("tpe", 0), problem_key=key)
-    run_study(study, OptunaObjective(tuner), budget=3)
+    run_study(study, OptunaObjective(meta), budget=3)
     again = create_or_load_study(storage=url, study_name="s", sampler=make_sampler("tpe", 0), problem_key=key)
     assert len(again.trials) == 3
     with pytest.raises(ValueError, match="another problem"):
@@ -231,12 +251,12 @@ WORKER = textwrap.dedent(
     import optuna, torch
     torch.set_num_threads(1)
     sys.path.insert(0, sys.argv[3])
-    from tests.test_baselines import tiny_tuner
+    from tests.test_baselines import tiny_objective
     from hypergrad.baselines import OptunaObjective, create_or_load_study, make_sampler, make_storage, run_study
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = make_storage(sys.argv[1])
     study = create_or_load_study(storage=storage, study_name="shared", sampler=make_sampler("random", None))
-    objective = OptunaObjective(tiny_tuner(inner_steps=20))
+    objective = OptunaObjective(tiny_objective(inner_steps=20))
     # Start together: announce readiness and wait for the other worker (bounded).
     ready = pathlib.Path(sys.argv[4])
     (ready / f"ready-{os.getpid()}").touch()
@@ -279,10 +299,10 @@ def test_two_worker_processes_on_one_journal_file_lose_no_trial(tmp_path, repo_r
 
 
 def test_parallel_threads_share_the_budget():
-    tuner = tiny_tuner()
+    meta = tiny_objective()
     study = create_or_load_study(storage=None, study_name=None, sampler=make_sampler("tpe", 0))
-    mine = run_study(study, OptunaObjective(tuner), budget=6, n_jobs=2)
+    mine = run_study(study, OptunaObjective(meta), budget=6, n_jobs=2)
     assert len(mine) == len(study.trials) == 6
     assert sorted(t.number for t in study.trials) == list(range(6))
     with pytest.raises(ValueError, match="n_jobs"):
-        run_study(study, OptunaObjective(tuner), budget=7, n_jobs=0)
+        run_study(study, OptunaObjective(meta), budget=7, n_jobs=0)

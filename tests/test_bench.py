@@ -86,24 +86,3 @@ def test_ratio_table_divides_bptt_by_each_method():
     cells = [c.strip() for c in ratio_table([bptt_gpu, gpu]).splitlines()[3].split("|")[1:-1]]
     assert cells[4:6] == ["2.5", "7.0"] and cells[8:10] == ["200.00", "100.00"]
 
-
-def test_chunked_meta_loss_prototype_matches_eval_loss():
-    import torch
-
-    from benchmarks.prototype_chunked_loss import patch
-    from hypergrad.config import RunConfig
-    from hypergrad.tuner import TuneConfig
-    from hypergrad.workloads import build_problem
-
-    problem, _ = build_problem(RunConfig(dataset="digits"), TuneConfig(inner_steps=5))
-    problem.model.double()
-    problem.x_val = problem.x_val.double()
-    w = tuple(t.double().requires_grad_(True) for t in problem.w0)
-    ref = problem.eval_loss(w, "val")
-    g_ref = torch.autograd.grad(ref, w)
-    patch(problem, 37)  # chunks that do not divide the set
-    new = problem.eval_loss(w, "val")
-    g_new = torch.autograd.grad(3.0 * new, w)  # the incoming gradient is applied
-    torch.testing.assert_close(new.detach(), ref.detach())
-    for a, b in zip(g_new, g_ref):
-        torch.testing.assert_close(a, 3.0 * b)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from hypergrad import TuneConfig, Tuner
-from hypergrad.baselines import meta_objective, to_hparams
+from hypergrad.baselines import to_hparams
 from hypergrad.cli import add_compare_arguments, cmd_compare
 from hypergrad.compare import (
     OptunaSettings,
@@ -28,6 +28,7 @@ from hypergrad.compare import (
     sgd_evaluate,
 )
 from hypergrad.data import Split
+from hypergrad.objective import MetaObjective
 from tests.test_baselines import tiny_problem
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -74,12 +75,12 @@ def test_gradient_method_spends_one_inner_training_per_meta_step():
     assert trace.cost == [1, 2, 3, 4, 5]
     # The same meta steps, run directly: the trace is the tuner's recorded validation losses.
     tuner = Tuner(problem, dataclasses.replace(CFG, meta_steps=5))
-    losses = [tuner.meta_step()["val_loss"] for _ in range(5)]
+    losses = [tuner.meta_step().val_loss for _ in range(5)]
     assert trace.meta_loss == pytest.approx(losses, rel=1e-6)
     assert trace.best_so_far[-1] == pytest.approx(min(losses))
     assert all(b >= a for a, b in zip(trace.seconds, trace.seconds[1:]))
     best = trace.best
-    assert meta_objective(tuner, best, losses.index(min(losses))) == pytest.approx(min(losses), rel=1e-6)
+    assert tuner.objective.value(best, losses.index(min(losses))) == pytest.approx(min(losses), rel=1e-6)
 
 
 def test_optuna_method_spends_one_inner_training_per_trial():
@@ -88,9 +89,8 @@ def test_optuna_method_spends_one_inner_training_per_trial():
     assert trace.cost == [1, 2, 3, 4] and trace.phase == ["random"] * 4
     info = trace.info["random"]
     assert info["trials"] == 4 and info["trials_in_study"] == 4
-    tuner = Tuner(problem, CFG)
     best_value = min(v for v in trace.meta_loss if v is not None)
-    assert meta_objective(tuner, trace.best, info["best_trial"]) == pytest.approx(best_value, rel=1e-5)
+    assert MetaObjective(problem, CFG).value(trace.best, info["best_trial"]) == pytest.approx(best_value, rel=1e-5)
 
 
 def test_hybrid_refines_tpes_best_for_the_rest_of_the_budget():
@@ -100,7 +100,7 @@ def test_hybrid_refines_tpes_best_for_the_rest_of_the_budget():
     assert trace.phase == ["tpe"] * 3 + ["bptt"] * 7
     tpe_best = to_hparams(problem.spec, trace.info["tpe"]["best_params"])
     # The first refinement step evaluates TPE's best on the next batches (salt 3, none reused).
-    assert trace.meta_loss[3] == pytest.approx(meta_objective(Tuner(problem, CFG), tpe_best, 3), rel=1e-5)
+    assert trace.meta_loss[3] == pytest.approx(MetaObjective(problem, CFG).value(tpe_best, 3), rel=1e-5)
     assert trace.info["bptt"]["first_step"] == 3 and trace.info["bptt"]["meta_steps"] == 7
     # Best so far never worse than TPE's part, and seconds keep growing across the phases.
     assert trace.best_so_far[-1] <= min(v for v in trace.meta_loss[:3] if v is not None)
@@ -109,12 +109,13 @@ def test_hybrid_refines_tpes_best_for_the_rest_of_the_budget():
 
 def test_sgd_export_retrains_to_the_tuners_own_result():
     problem = tiny_problem()
-    tuner = Tuner(problem, CFG)
-    hp = tuple(h.detach() for h in tuner.spec.init(0.2, 0.7))
-    sgd = sgd_evaluate(problem, tiny_split(problem), problem.spec, hp, tuner.batches(-1))
-    ev = tuner.evaluate(hp, salt=-1)
+    objective = MetaObjective(problem, CFG)
+    hp = tuple(h.detach() for h in objective.spec.init(0.2, 0.7))
+    sgd = sgd_evaluate(problem, problem.spec, hp, objective.batches(-1), test_data=(problem.x_val, problem.y_val))
+    ev = objective.evaluate(hp, salt=-1)
     assert sgd["val_loss"] == pytest.approx(ev["val_loss"], rel=1e-4)
     assert sgd["val_accuracy"] == pytest.approx(ev["val_accuracy"])
+    assert sgd["test_loss"] == pytest.approx(sgd["val_loss"]) and sgd["test_accuracy"] == sgd["val_accuracy"]
     assert all(torch.equal(a, b) for a, b in zip(problem.w0, [p.detach() for p in problem.model.parameters()]))
 
 
@@ -136,7 +137,10 @@ def test_compare_document_schema():
             assert b == pytest.approx(running)
         assert set(r["best_hyperparameters"]) == set(problems(0)[0].spec.param_names)
         assert {"lr", "momentum", "name"} <= set(r["param_groups"][0])
-        assert 0.0 <= r["sgd_eval"]["test_accuracy"] <= 1.0
+        sgd = r["sgd_eval"]
+        assert sgd["orders"] == 3 and len(sgd["runs"]) == len(sgd["seeds"]) == 3
+        assert 0.0 <= sgd["test_accuracy"]["mean"] <= 1.0 and sgd["test_accuracy"]["n"] == 3
+        assert sgd["val_loss"]["values"] == [run["val_loss"] for run in sgd["runs"]]
     s = doc["summary"]
     assert list(s) == methods
     for m in methods:
@@ -145,8 +149,12 @@ def test_compare_document_schema():
         finals = [r["best_meta_loss"][-1] for r in doc["runs"] if r["method"] == m]
         assert s[m]["best_at"]["100%"]["mean"] == pytest.approx(sum(finals) / 2)
         assert s[m]["best_at"]["25%"]["mean"] >= s[m]["best_at"]["100%"]["mean"]
+        retrained = [v for r in doc["runs"] if r["method"] == m for v in r["sgd_eval"]["test_loss"]["values"]]
+        assert s[m]["sgd"]["test_loss"]["n"] == 6 and s[m]["sgd_orders"] == 6
+        assert s[m]["sgd"]["test_loss"]["mean"] == pytest.approx(sum(retrained) / 6)
     table = markdown_table(s, 8)
     assert table.count("\n| ") == len(methods) and "± " in table
+    assert "test loss (SGD)" in table and "test accuracy (SGD)" in table
 
 
 # ---------------------------------------------------------------------- the CLI functions
@@ -217,5 +225,5 @@ def test_registered_cli_reports_user_errors_with_exit_code_2(capsys):
     assert main(["compare", "--methods", "neumann,grid", "--budget", "2", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["hypergrad: error: unknown method 'grid' in --methods; expected gradient methods "
-                   "(bptt, tbptt, rbp, cg, neumann, gmres), samplers (tpe, random, cmaes) or a hybrid "
-                   "tpe+<gradient method>"]
+                   "(bptt, tbptt, rbp, cg, neumann, gmres), samplers (tpe, random, cmaes), a hybrid "
+                   "tpe+<gradient method> or strategies (auto, sign, hybrid)"]

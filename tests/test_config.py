@@ -131,6 +131,7 @@ def test_a_config_file_with_every_field_round_trips(tmp_path):
     """No hand-kept key table: every field of both classes is a config-file key with its type checked."""
     values = {opt.name: _non_default(opt) for _, opt in FIELDS}
     values["method"], values["inner_steps"], values["truncate"] = "tbptt", 20, 5
+    values["device"] = "cuda:1"  # a free string that must parse as a torch device
 
     def toml(v):
         if isinstance(v, bool):

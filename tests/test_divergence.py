@@ -12,7 +12,7 @@ Three ways a meta step goes wrong, each provoked on digits with the paper's
   :class:`hypergrad.SolveInfo` reports ``diverged``.
 
 For each of them and each policy (``backoff`` (default), ``skip``, ``clip``,
-``fallback``, ``stop``) the test checks the event in ``record["events"]`` at
+``fallback``, ``stop``) the test checks the event in ``record.events`` at
 its meta step, the warning of the ``hypergrad`` logger, the action taken, and
 that the hyperparameters, the history and the tuner state stay finite.
 """
@@ -29,6 +29,8 @@ import torch
 from hypergrad.callbacks import LoggingCallback
 from hypergrad.cli import EXIT_DIVERGED, EXIT_OK, main
 from hypergrad.config import RunConfig
+from hypergrad.divergence import ACTIONS as ALL_ACTIONS
+from hypergrad.divergence import Decision, decide, detect, fallback_method, fallback_sound
 from hypergrad.tuner import DIVERGENCE_POLICIES, DivergenceError, TuneConfig, Tuner
 from hypergrad.workloads import build_problem
 from tests._problems import tiny_tuner
@@ -47,6 +49,146 @@ ACTIONS = {
 META_STEPS = {"nonfinite_loss": 2, "exploding_hypergrad": 2, "solver_diverged": 2}
 
 
+# ---------------------------------------------------------------------- the pure functions
+FINITE = {"meta_loss": 0.5, "val_loss": 0.5, "train_loss": 0.4, "hypergrad_norm": 0.03, "solver_diverged": False,
+          "first_val_loss": 0.6, "blowup_ratio": 2.0, "explode_threshold": 1e6}
+NAN, INF = math.nan, math.inf
+DETECT_CASES = [  # (changes to FINITE, expected events)
+    ({}, []),
+    ({"val_loss": NAN}, ["nonfinite_loss"]),
+    ({"train_loss": INF}, ["nonfinite_loss"]),
+    ({"meta_loss": -INF}, ["nonfinite_loss"]),
+    ({"val_loss": 1.3}, ["loss_blowup"]),  # > 2 x 0.6
+    ({"val_loss": 1.2}, []),  # = 2 x 0.6 is not above it
+    ({"val_loss": 1.3, "blowup_ratio": None}, []),
+    ({"val_loss": 1.3, "first_val_loss": None}, []),  # the first meta step has nothing to compare with
+    ({"hypergrad_norm": NAN}, ["nonfinite_hypergrad"]),
+    ({"hypergrad_norm": INF}, ["nonfinite_hypergrad"]),
+    ({"hypergrad_norm": 2e6}, ["exploding_hypergrad"]),
+    ({"hypergrad_norm": 1e6}, []),
+    ({"solver_diverged": True}, ["solver_diverged"]),
+    # the loss, blow-up and hypergradient checks exclude each other (the first one found counts) ...
+    ({"val_loss": NAN, "hypergrad_norm": NAN}, ["nonfinite_loss"]),
+    ({"val_loss": 1.3, "hypergrad_norm": 2e6}, ["loss_blowup"]),
+    # ... the solver's is independent of them
+    ({"val_loss": NAN, "solver_diverged": True}, ["nonfinite_loss", "solver_diverged"]),
+    ({"hypergrad_norm": 2e6, "solver_diverged": True}, ["exploding_hypergrad", "solver_diverged"]),
+]
+
+
+@pytest.mark.parametrize(("changes", "events"), DETECT_CASES)
+def test_detect(changes, events):
+    assert detect(**{**FINITE, **changes}) == events
+
+
+@pytest.mark.parametrize(
+    ("events", "policy", "method", "loss_ok", "expected"),
+    [
+        (["solver_diverged"], "fallback", "rbp", True, "neumann"),
+        (["exploding_hypergrad"], "fallback", "rbp", True, "neumann"),
+        ([], "fallback", "rbp", True, None),  # nothing to fall back from
+        (["solver_diverged"], "fallback", "rbp", False, None),  # the inner run itself blew up
+        (["solver_diverged"], "fallback", "neumann", True, None),  # only rbp has a fallback
+        (["solver_diverged"], "fallback", "cg", True, None),
+        (["solver_diverged"], "skip", "rbp", True, None),  # only the fallback policy falls back
+        (["solver_diverged"], "backoff", "rbp", True, None),
+    ],
+)
+def test_fallback_method(events, policy, method, loss_ok, expected):
+    assert fallback_method(events, policy, method, loss_ok=loss_ok) == expected
+
+
+def test_fallback_sound():
+    assert fallback_sound(1.0, diverged=False, explode_threshold=10.0)
+    assert not fallback_sound(11.0, diverged=False, explode_threshold=10.0)
+    assert not fallback_sound(NAN, diverged=False, explode_threshold=10.0)
+    assert not fallback_sound(1.0, diverged=True, explode_threshold=10.0)
+
+
+UPDATE = Decision("update", apply=True)
+FALLBACK = Decision("fallback", apply=True)
+
+
+def clipped(scale: float, *events: str) -> Decision:
+    return Decision("clipped", apply=True, scale=scale, unhandled=events)
+
+
+def backoff(*events: str) -> Decision:
+    return Decision("backoff", apply=False, restore_best=True, lr_factor=0.5, unhandled=events)
+
+
+def skipped(*events: str) -> Decision:
+    return Decision("skipped", apply=False, unhandled=events)
+
+
+def stop(*events: str) -> Decision:
+    return Decision("stop", apply=False, unhandled=events)
+
+
+FB = ["solver_diverged", "fallback_neumann"]
+# (events, policy, keyword arguments of decide, expected decision)
+DECIDE_CASES = [
+    # no event: an update, for every policy; `clip` rescales a norm above it (and only then)
+    *[([], policy, {}, UPDATE) for policy in DIVERGENCE_POLICIES],
+    ([], "backoff", {"clip": 1.0, "hypergrad_norm": 4.0}, clipped(0.25)),
+    ([], "skip", {"clip": 1.0, "hypergrad_norm": 0.5}, UPDATE),
+    ([], "skip", {"clip": 1.0, "hypergrad_norm": 1.0}, UPDATE),
+    # a non-finite loss: the policies of the table in hypergrad.divergence (clip and fallback skip it)
+    (["nonfinite_loss"], "backoff", {}, backoff("nonfinite_loss")),
+    (["nonfinite_loss"], "skip", {}, skipped("nonfinite_loss")),
+    (["nonfinite_loss"], "clip", {}, skipped("nonfinite_loss")),
+    (["nonfinite_loss"], "fallback", {}, skipped("nonfinite_loss")),
+    (["nonfinite_loss"], "stop", {}, stop("nonfinite_loss")),
+    (["loss_blowup"], "backoff", {}, backoff("loss_blowup")),
+    (["loss_blowup"], "clip", {}, skipped("loss_blowup")),
+    # an exploding hypergradient: clipped to `clip`, or to explode_threshold without one ...
+    (["exploding_hypergrad"], "clip", {"hypergrad_norm": 4.0, "explode_threshold": 2.0},
+     clipped(0.5, "exploding_hypergrad")),
+    (["exploding_hypergrad"], "clip", {"hypergrad_norm": 4.0, "explode_threshold": 2.0, "clip": 1.0},
+     clipped(0.25, "exploding_hypergrad")),
+    # ... never enlarged (a clip above the norm leaves it as it is)
+    (["exploding_hypergrad"], "clip", {"hypergrad_norm": 4.0, "explode_threshold": 2.0, "clip": 8.0},
+     clipped(1.0, "exploding_hypergrad")),
+    (["exploding_hypergrad"], "skip", {}, skipped("exploding_hypergrad")),
+    (["exploding_hypergrad"], "backoff", {}, backoff("exploding_hypergrad")),
+    (["exploding_hypergrad"], "stop", {}, stop("exploding_hypergrad")),
+    # clip handles a lone explosion only
+    (["exploding_hypergrad", "solver_diverged"], "clip", {}, skipped("exploding_hypergrad", "solver_diverged")),
+    (["nonfinite_hypergrad"], "clip", {}, skipped("nonfinite_hypergrad")),
+    # a diverged solve: the fallback replaces it when the Neumann hypergradient is sound, else skips
+    (["solver_diverged"], "fallback", {}, skipped("solver_diverged")),  # no fallback was computed
+    (FB, "fallback", {"fallback_ok": True}, FALLBACK),
+    (FB, "fallback", {"fallback_ok": True, "clip": 1e-9, "hypergrad_norm": 1.0}, FALLBACK),  # not clipped
+    (FB, "fallback", {"fallback_ok": False}, skipped("solver_diverged")),
+    (["exploding_hypergrad", "solver_diverged", "fallback_neumann"], "fallback", {"fallback_ok": True}, FALLBACK),
+    # a fallback does not repair the inner run: a blow-up beside the diverged solve is still skipped
+    (["loss_blowup", *FB], "fallback", {"fallback_ok": True}, skipped("loss_blowup")),
+    (["solver_diverged"], "backoff", {}, backoff("solver_diverged")),
+    (["solver_diverged"], "skip", {}, skipped("solver_diverged")),
+    (["solver_diverged"], "clip", {}, skipped("solver_diverged")),
+    (["solver_diverged"], "stop", {}, stop("solver_diverged")),
+]
+
+
+@pytest.mark.parametrize(("events", "policy", "kwargs", "expected"), DECIDE_CASES)
+def test_decide(events, policy, kwargs, expected):
+    kwargs = {"hypergrad_norm": 0.03, "clip": None, "explode_threshold": 1e6, **kwargs}
+    decision = decide(events, policy, **kwargs)
+    assert decision == expected
+    assert decision.stop == (expected.action == "stop")
+
+
+def test_the_decide_table_covers_every_policy_and_action():
+    assert {policy for _, policy, _, _ in DECIDE_CASES} == set(DIVERGENCE_POLICIES)
+    assert {d.action for *_, d in DECIDE_CASES} == set(ALL_ACTIONS)
+
+
+def test_decide_refuses_an_unknown_policy():
+    with pytest.raises(ValueError, match="on_divergence='pray' is not allowed"):
+        decide(["nonfinite_loss"], "pray", hypergrad_norm=1.0, clip=None, explode_threshold=1e6)
+
+
+# ---------------------------------------------------------------------- the policies in the meta loop
 @pytest.fixture(scope="module")
 def problem():
     return build_problem(RunConfig(dataset="digits"), TuneConfig())[0]
@@ -86,17 +228,17 @@ def test_each_divergence_is_detected_logged_and_handled(problem, caplog, case, p
     if policy == "stop":
         with pytest.raises(DivergenceError, match=rf"meta step 0: .*{case}.*on_divergence='stop'"):
             tuner.run()
-        assert [r["action"] for r in tuner.history] == ["stop"]
-        assert case in tuner.history[0]["events"]
+        assert [r.action for r in tuner.history] == ["stop"]
+        assert case in tuner.history[0].events
         assert all(torch.equal(h, i) for h, i in zip(tuner.hparams, initial))  # no update was applied
     else:
         tuner.run()
         assert len(tuner.history) == cfg.meta_steps
         for k, record in enumerate(tuner.history):
-            assert record["step"] == k
+            assert record.step == k
             expected = [case, "fallback_neumann"] if (case, policy) == ("solver_diverged", "fallback") else [case]
-            assert all(e in record["events"] for e in expected), record["events"]
-            assert record["action"] == ACTIONS[case][policy]
+            assert all(e in record.events for e in expected), record.events
+            assert record.action == ACTIONS[case][policy]
         # The hypergrad logger names the meta step and the event of every meta step.
         messages = [r.getMessage() for r in caplog.records if r.name == "hypergrad"]
         for k in range(cfg.meta_steps):
@@ -104,14 +246,14 @@ def test_each_divergence_is_detected_logged_and_handled(problem, caplog, case, p
 
         if policy == "backoff":  # back to the best hyperparameters so far, meta lr halved each time
             assert all(torch.equal(h, b) for h, b in zip(tuner.hparams, tuner.best))
-            assert tuner.lr_scale == 0.5 ** cfg.meta_steps
+            assert tuner.state.lr_scale == 0.5 ** cfg.meta_steps
         if ACTIONS[case][policy] == "skipped":  # nothing applied
             assert all(torch.equal(h, i) for h, i in zip(tuner.hparams, initial))
         if ACTIONS[case][policy] in ("clipped", "fallback"):  # the step was taken
             assert not all(torch.equal(h, i) for h, i in zip(tuner.hparams, initial))
 
     assert _finite(list(tuner.hparams)) and _finite(list(tuner.best))
-    json.dumps(tuner.history, allow_nan=False)  # raises on NaN/Inf
+    json.dumps([r.to_dict() for r in tuner.history], allow_nan=False)  # raises on NaN/Inf
     state = tuner.state_dict()
     assert _finite(state["hparams"]) and _finite(state["optimizer"]["state"])
 
@@ -123,14 +265,14 @@ def test_the_default_policy_is_backoff():
 def test_no_divergence_no_event(problem):
     tuner = Tuner(problem, TuneConfig(inner_steps=20, meta_steps=2))
     tuner.run()
-    assert [r["events"] for r in tuner.history] == [[], []]
-    assert [r["action"] for r in tuner.history] == ["update", "update"]
+    assert [r.events for r in tuner.history] == [(), ()]
+    assert [r.action for r in tuner.history] == ["update", "update"]
 
 
 def test_nonfinite_inner_weights_are_a_divergence_not_a_crash(problem):
     tuner = Tuner(problem, TuneConfig(inner_steps=20, meta_steps=2, init_lr=1e38))
     record = tuner.meta_step()
-    assert "nonfinite_loss" in record["events"] and record["action"] == "backoff"
+    assert "nonfinite_loss" in record.events and record.action == "backoff"
     assert _finite(list(tuner.hparams))
 
 
@@ -143,18 +285,19 @@ def test_no_inf_in_the_tuner_state_after_nonfinite_losses(problem):
 def test_clip_policy_never_enlarges_the_hypergradient(problem):
     tuner = Tuner(problem, TuneConfig(inner_steps=20, meta_steps=1, explode_threshold=1e-6, on_divergence="clip"))
     record = tuner.meta_step()
-    assert record["action"] == "clipped"
+    assert record.action == "clipped"
     # After Adam's first step exp_avg = (1 - beta1) * applied gradient.
-    beta1 = tuner.optimizer.param_groups[0]["betas"][0]
-    states = tuner.optimizer.state.values()
+    optimizer = tuner.state.optimizer
+    beta1 = optimizer.param_groups[0]["betas"][0]
+    states = optimizer.state.values()
     applied = math.sqrt(sum(float((s["exp_avg"] / (1 - beta1)).pow(2).sum()) for s in states))
-    assert applied <= record["hypergrad_norm"] * (1 + 1e-6)
+    assert applied <= record.hypergrad_norm * (1 + 1e-6)
 
 
 def test_fallback_record_still_names_the_divergence(problem):
     tuner = Tuner(problem, _config("solver_diverged", "fallback"))
     record = tuner.meta_step()
-    assert "solver_diverged" in record["events"] and "fallback_neumann" in record["events"]
+    assert "solver_diverged" in record.events and "fallback_neumann" in record.events
 
 
 # ---------------------------------------------------------------------- the CLI
@@ -221,6 +364,6 @@ def test_a_neumann_series_with_zero_terms_is_logged_once(caplog):
     tuner.callbacks.append(LoggingCallback())
     caplog.set_level(logging.WARNING, logger="hypergrad")
     tuner.run()
-    assert all(r["solver"]["iterations"] == 0 for r in tuner.history)
+    assert all(r.solver.iterations == 0 for r in tuner.history)
     zero = [r.getMessage() for r in caplog.records if "before its first term" in r.getMessage()]
     assert len(zero) == 1 and zero[0].startswith("meta step 0:")

@@ -27,8 +27,8 @@ def test_bptt_hypergradient_matches_higher(per):
         (h + 0.2 * torch.randn(h.shape, generator=g, dtype=h.dtype)).requires_grad_(True)
         for h in spec.init(0.3, 0.6, torch.float64)
     )
-    batches = tuner.batches(0)
-    ours, *_ = tuner.hypergradient(hp, batches, "bptt")
+    batches = tuner.objective.batches(0)
+    ours = tuner.objective.hypergradient(hp, 0, method="bptt").grad
 
     # Independent: torch.optim.SGD(lr = a(1-b), momentum = b, dampening = 0) unrolled by higher.
     model = problem.model
@@ -39,8 +39,8 @@ def test_bptt_hypergradient_matches_higher(per):
     lrs, moms = spec.per_tensor(hp)
     override = {"lr": [a * (1 - b) for a, b in zip(lrs, moms)], "momentum": list(moms)}
     with higher.innerloop_ctx(model, opt, override=override, copy_initial_weights=True) as (fmodel, diffopt):
-        for idx in batches:
-            loss = problem.loss_fn(fmodel(problem.x_train[idx]), problem.y_train[idx])
+        for x, y in batches:
+            loss = problem.loss_fn(fmodel(x), y)
             diffopt.step(loss)
         meta = problem.loss_fn(fmodel(problem.x_val), problem.y_val)
         theirs = torch.autograd.grad(meta, hp)

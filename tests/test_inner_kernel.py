@@ -132,12 +132,10 @@ def test_sample_batches_is_the_tuners_hyper_batch_draw() -> None:
     for xb, yb in batches:  # the reference: the first B of a fresh permutation, one generator
         idx = torch.randperm(50, generator=gen)[:16]
         assert torch.equal(xb, problem.x_train[idx]) and torch.equal(yb, problem.y_train[idx])
-    tuner = tiny_tuner(problem, hyper_batches=3, seed=2)
-    if not hasattr(tuner, "hyper_batches"):
-        pytest.skip("the tuner no longer draws its own hyper-batches")
+    objective = tiny_tuner(problem, hyper_batches=3, seed=2).objective
     for salt in (0, 5):
-        ours = problem.sample_batches(3, tuner._seed(salt * 7919 + 17))
-        for (a, b), (c, d) in zip(ours, tuner.hyper_batches(salt)):
+        ours = problem.sample_batches(3, objective.seed(salt * 7919 + 17))
+        for (a, b), (c, d) in zip(ours, objective.hyper_batches(salt)):
             assert torch.equal(a, c) and torch.equal(b, d)
 
 

@@ -67,27 +67,28 @@ def pause():
 
 import torch  # noqa: E402
 
-import hypergrad.tuner as T  # noqa: E402
+import hypergrad.objective as O  # noqa: E402
+import hypergrad.strategies as S  # noqa: E402
 
 progress = {"salt": None, "solves": 0, "completed": None}
-real_hypergradient, real_fpg, real_meta_step = T.Tuner.hypergradient, T.fixed_point_grad, T.Tuner.meta_step
+real_hypergradient, real_solve, real_step = O.MetaObjective.hypergradient, O.implicit_gradient, S.GradientStrategy.step
 
 
-def hypergradient(self, hparams, batches, method=None, salt=0):
+def hypergradient(self, hparams, salt, **kwargs):
     progress["salt"], progress["solves"] = salt, 0
-    return real_hypergradient(self, hparams, batches, method, salt)
+    return real_hypergradient(self, hparams, salt, **kwargs)
 
 
-def fixed_point_grad(*args, **kwargs):
+def implicit_gradient(*args, **kwargs):
     progress["solves"] += 1
     if where == "solver" and progress["salt"] == at and progress["solves"] == 1:
         pause()
-    return real_fpg(*args, **kwargs)
+    return real_solve(*args, **kwargs)
 
 
-def meta_step(self):
-    record = real_meta_step(self)
-    progress["completed"] = record["step"]
+def step(self, objective, config, state):
+    record = real_step(self, objective, config, state)
+    progress["completed"] = record.step
     return record
 
 
@@ -106,7 +107,7 @@ def save(obj, f, *args, **kwargs):
     return real_save(obj, f, *args, **kwargs)
 
 
-T.Tuner.hypergradient, T.fixed_point_grad, T.Tuner.meta_step = hypergradient, fixed_point_grad, meta_step
+O.MetaObjective.hypergradient, O.implicit_gradient, S.GradientStrategy.step = hypergradient, implicit_gradient, step
 torch.save = save
 
 from hypergrad.cli import main  # noqa: E402
@@ -286,16 +287,16 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_run(tmp_path, capsys, mo
 
     # 3. Ctrl-C inside meta step 3 (in-process: Python turns SIGINT into KeyboardInterrupt, raised
     #    here at the same place): exit code 130, one line, no traceback, the checkpoint kept.
-    import hypergrad.tuner as tuner_module
+    from hypergrad.objective import MetaObjective
 
-    real_hypergradient = tuner_module.Tuner.hypergradient
+    real_hypergradient = MetaObjective.hypergradient
 
-    def interrupted(self, hparams, batches, method=None, salt=0):
+    def interrupted(self, hparams, salt, **kwargs):
         if salt == 3:
             raise KeyboardInterrupt
-        return real_hypergradient(self, hparams, batches, method, salt)
+        return real_hypergradient(self, hparams, salt, **kwargs)
 
-    monkeypatch.setattr(tuner_module.Tuner, "hypergradient", interrupted)
+    monkeypatch.setattr(MetaObjective, "hypergradient", interrupted)
     assert main(resume) == EXIT_INTERRUPTED
     err = capsys.readouterr().err
     assert "interrupted" in err and "--resume" in err and "Traceback" not in err

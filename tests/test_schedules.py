@@ -90,13 +90,16 @@ def test_describe_lists_a_value_per_segment() -> None:
     hp = spec.init(0.2, 0.5)
     with torch.no_grad():
         hp[0][1] = math.log(0.4)  # segment 1's learning rate
-    out = spec.describe(hp)
-    assert out["0.weight"]["lr"] == pytest.approx([0.2, 0.4])
+    out = spec.describe(hp)  # lr is SGD's, alpha (1 - beta)
+    assert set(out["0.weight"]) == {"lr", "momentum", "alpha"}
+    assert out["0.weight"]["lr"] == pytest.approx([0.1, 0.2]) and out["0.weight"]["alpha"] == pytest.approx([0.2, 0.4])
     assert out["0.weight"]["momentum"] == pytest.approx([0.5, 0.5])
     assert _spec("global").describe(_spec("global").init(0.2, 0.5))["0.weight"] == pytest.approx(
-        {"lr": 0.2, "momentum": 0.5})
+        {"lr": 0.1, "momentum": 0.5, "alpha": 0.2})
     element = HyperSpec.build([("w", torch.Size([2, 3]))], "element", segments=2)
-    assert element.describe(element.init(0.2, 0.5))["w"]["lr_mean"] == pytest.approx([0.2, 0.2])
+    described = element.describe(element.init(0.2, 0.5))["w"]
+    assert set(described) == {"lr_mean", "momentum_mean", "alpha_mean"}
+    assert described["lr_mean"] == pytest.approx([0.1, 0.1]) and described["alpha_mean"] == pytest.approx([0.2, 0.2])
 
 
 # --------------------------------------------------------------------------- the export

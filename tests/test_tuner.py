@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -12,6 +13,7 @@ import hypergrad
 from hypergrad import TuneConfig, Tuner
 from hypergrad._tree import tree_dot, tree_norm
 from hypergrad.data import load_digits_split
+from hypergrad.records import MetaStepRecord, SolverStats
 from hypergrad.workloads import mlp
 from tests._problems import tiny_problem, tiny_tuner
 
@@ -40,10 +42,12 @@ def _meta_loss_at(tuner: Tuner, hp, batches) -> float:
 
 def test_bptt_hypergradient_matches_central_finite_differences():
     tuner = tiny_tuner(method="bptt", inner_steps=12)
-    batches = tuner.batches(0)
+    batches = tuner.objective.batches(0)
     hp = tuple(h.detach() for h in tuner.hparams)
-    grad, _, loss, _ = tuner.hypergradient(hp, batches, "bptt")
-    assert math.isclose(float(loss), _meta_loss_at(tuner, hp, batches), rel_tol=1e-12)
+    result = tuner.objective.hypergradient(hp, 0, method="bptt")
+    grad = result.grad
+    assert math.isclose(float(result.meta_loss), _meta_loss_at(tuner, hp, batches), rel_tol=1e-12)
+    assert result.solver is None and math.isnan(result.spread)  # no fixed-point solve for an unrolled method
     eps = 1e-6
     for i in range(len(hp)):
         plus = tuple(h + eps if j == i else h for j, h in enumerate(hp))
@@ -54,9 +58,8 @@ def test_bptt_hypergradient_matches_central_finite_differences():
 
 def test_tbptt_with_full_truncation_equals_bptt():
     tuner = tiny_tuner(method="tbptt", inner_steps=9, truncate=9)
-    batches = tuner.batches(0)
-    g_t, *_ = tuner.hypergradient(tuner.hparams, batches, "tbptt")
-    g_b, *_ = tuner.hypergradient(tuner.hparams, batches, "bptt")
+    g_t = tuner.objective.hypergradient(tuner.hparams, 0, method="tbptt").grad
+    g_b = tuner.objective.hypergradient(tuner.hparams, 0, method="bptt").grad
     for a, b in zip(g_t, g_b):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
@@ -65,13 +68,14 @@ def test_tbptt_with_full_truncation_equals_bptt():
 def test_rbp_hypergradient_is_the_mean_over_hyper_batches(method):
     tuner = tiny_tuner(method=method, inner_steps=15, truncate=4, hyper_batches=3, stop_on_growth=False)
     hp = tuple(h.detach() for h in tuner.hparams)
-    grad, h_t, _, stats = tuner.hypergradient(hp, tuner.batches(2), method, salt=2)
+    result = tuner.objective.hypergradient(hp, 2, method=method)
+    grad, h_t = result.grad, result.state
     problem = tuner.problem
     n = problem.num_tensors
     w = tuple(t.clone().requires_grad_(True) for t in h_t[:n])
     gw = torch.autograd.grad(problem.eval_loss(w, "val"), w)
     state_grad = tuple(gw) + tuple(torch.zeros_like(v) for v in h_t[n:])
-    batches = tuner.hyper_batches(2)
+    batches = tuner.objective.hyper_batches(2)
     assert len(batches) == 3
     parts = []
     for x, y in batches:
@@ -83,13 +87,13 @@ def test_rbp_hypergradient_is_the_mean_over_hyper_batches(method):
     for a, b in zip(grad, mean):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
     # the per-minibatch hypergradients differ, and their spread is reported
-    assert stats["hypergrad_spread"] > 0
-    assert stats["solver"]["method"] == method
+    assert result.spread > 0
+    assert isinstance(result.solver, SolverStats) and result.solver.method == method
 
 
 def test_full_batch_fixed_point_uses_the_whole_training_set():
     tuner = tiny_tuner(method="neumann", fixed_point_batch="full", hyper_batches=5)
-    (batch,) = tuner.hyper_batches(0)
+    (batch,) = tuner.objective.hyper_batches(0)
     assert batch[0] is tuner.problem.x_train
 
 
@@ -98,9 +102,8 @@ def test_neumann_at_convergence_approaches_bptt_direction():
     tuner = tiny_tuner(method="neumann", inner_steps=60, truncate=20, fixed_point_batch="full",
                        batch_size=64, init_lr=0.3)
     hp = tuple(h.detach() for h in tuner.hparams)
-    batches = tuner.batches(0)
-    g_n, *_ = tuner.hypergradient(hp, batches, "neumann")
-    g_t, *_ = tuner.hypergradient(hp, batches, "tbptt")
+    g_n = tuner.objective.hypergradient(hp, 0, method="neumann").grad
+    g_t = tuner.objective.hypergradient(hp, 0, method="tbptt").grad
     cos = float(tree_dot(g_n, g_t)) / (tree_norm(g_n) * tree_norm(g_t))
     assert cos > 0.9, cos
 
@@ -122,7 +125,10 @@ def test_tune_lowers_the_validation_loss_on_digits(method):
     assert ev["best"]["val_loss"] < 0.95 * ev["initial"]["val_loss"], ev
     assert len(result.history) == 12
     for record in result.history:
-        assert {"meta_loss", "val_loss", "train_loss", "hypergrad_norm", "seconds", "solver"} <= set(record)
+        assert isinstance(record, MetaStepRecord)
+        assert {"meta_loss", "val_loss", "train_loss", "hypergrad_norm", "seconds", "solver"} <= set(record.to_dict())
+        assert record.val_loss is not None and record.seconds > 0
+        assert (record.solver is None) == (method in ("bptt", "tbptt"))
     groups = result.param_groups(_digits_model())
     assert len(groups) == 6 and all(g["lr"] > 0 and 0 < g["momentum"] < 1 for g in groups)
     torch.optim.SGD(groups)  # accepted as-is by torch.optim
@@ -175,7 +181,8 @@ def test_state_dict_round_trip_continues_bitwise():
     c.load_state_dict(b.state_dict())
     for _ in range(3):
         c.meta_step()
-    assert [r["meta_loss"] for r in a.history] == [r["meta_loss"] for r in c.history]
+    assert [r.meta_loss for r in a.history] == [r.meta_loss for r in c.history]
+    assert [r.to_dict()["solver"] for r in a.history] == [r.to_dict()["solver"] for r in c.history]
     for x, y in zip(a.hparams, c.hparams):
         assert torch.equal(x, y)
 
@@ -203,12 +210,86 @@ def test_stacked_hyper_batches_equal_the_loop_even_when_a_series_stops_early(met
     stacked = tiny_tuner(**kw, batch_hyper=True)
     looped = tiny_tuner(**kw, batch_hyper=False)
     hp = tuple(h.detach() for h in stacked.hparams)
-    g_s, _, _, st_s = stacked.hypergradient(hp, stacked.batches(1), method, salt=1)
-    g_l, _, _, st_l = looped.hypergradient(hp, looped.batches(1), method, salt=1)
+    st_s = stacked.objective.hypergradient(hp, 1, method=method)
+    st_l = looped.objective.hypergradient(hp, 1, method=method)
+    g_s, g_l = st_s.grad, st_l.grad
     # float64; CG amplifies the round-off of the stacked vs per-block reductions to ~1e-9
     rtol = 1e-7 if method == "cg" else 1e-9
     for a, b in zip(g_s, g_l):
         torch.testing.assert_close(a, b, rtol=rtol, atol=1e-13)
     if method == "neumann":
-        assert "growth" in st_l["solver"]["stop_reasons"]  # the case this test is about
-        assert "growth" in st_s["solver"]["stop_reasons"]
+        assert "growth" in st_l.solver.stop_reasons  # the case this test is about
+        assert "growth" in st_s.solver.stop_reasons
+
+
+# ---------------------------------------------------------------------- warm start
+def test_warm_start_sets_the_current_and_best_hyperparameters_and_the_next_salt():
+    tuner = tiny_tuner(method="neumann", inner_steps=10, truncate=3, meta_steps=6)
+    start = tuple(h.detach() + 0.3 for h in tuner.hparams)
+    tuner.warm_start(start, best_loss=0.25, step=4)
+    assert (tuner.step_count, tuner.best_step, tuner.best_loss) == (4, 4, 0.25)
+    assert all(torch.equal(h, s) for h, s in zip(tuner.hparams, start))
+    assert all(torch.equal(b, s) for b, s in zip(tuner.best, start))
+    record = tuner.meta_step()  # the warm hyperparameters, evaluated on the batches of salt 4
+    assert record.step == 4
+    assert record.val_loss == pytest.approx(tuner.objective.value(start, 4), rel=1e-12)
+    assert not all(torch.equal(h, s) for h, s in zip(tuner.hparams, start))  # Adam moved them ...
+    assert all(torch.equal(s, s0 + 0.3) for s, s0 in zip(start, tiny_tuner().hparams))  # ... not the caller's
+    result = tuner.run()  # the rest of the budget: steps 5 .. meta_steps - 1
+    assert [r.step for r in result.history] == [4, 5]
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ("after_a_step", "warm_start must come before the first step"),
+        ("layout", "do not match this problem's layout"),
+        ("step", "step must be an integer >= 0"),
+        ("nan", "best_loss must be a number"),
+    ],
+)
+def test_warm_start_refuses_what_it_cannot_honour(change, match):
+    tuner = tiny_tuner(method="neumann", inner_steps=10, truncate=3)
+    hparams, best_loss, step = tuple(h.detach() for h in tuner.hparams), math.inf, 0
+    if change == "after_a_step":
+        tuner.meta_step()
+    elif change == "layout":
+        hparams = hparams[:-1]
+    elif change == "step":
+        step = -1
+    else:
+        best_loss = math.nan
+    with pytest.raises(ValueError, match=match):
+        tuner.warm_start(hparams, best_loss=best_loss, step=step)
+
+
+# ---------------------------------------------------------------------- typed records
+@pytest.mark.parametrize("method", ["bptt", "neumann"])
+def test_records_round_trip_through_their_json_form(method):
+    tuner = tiny_tuner(method=method, inner_steps=10, truncate=3, meta_steps=2)
+    tuner.run()
+    for record in tuner.history:
+        data = record.to_dict()
+        assert list(data) == ["step", "meta_loss", "val_loss", "train_loss", "hypergrad_norm", "hypergrad_spread",
+                              "solver", "events", "action", "meta_lr", "seconds", "inner_seconds",
+                              "hyperparameters"]
+        assert json.loads(json.dumps(data, allow_nan=False)) == data
+        assert MetaStepRecord.from_dict(data).to_dict() == data
+        assert (data["solver"] == {}) == (method == "bptt")
+    # a checkpoint rebuilds the typed records
+    again = tiny_tuner(method=method, inner_steps=10, truncate=3, meta_steps=2)
+    again.load_state_dict(tuner.state_dict())
+    assert all(isinstance(r, MetaStepRecord) for r in again.history)
+    assert [r.to_dict() for r in again.history] == [r.to_dict() for r in tuner.history]
+
+
+def test_non_finite_values_are_none_in_a_record_and_nan_in_its_solver_stats():
+    solver = SolverStats(method="rbp", iterations=3.0, residual=math.inf, converged=False, diverged=True,
+                         stop_reasons=("nonfinite",), spectral_radius=math.nan)
+    record = MetaStepRecord(step=0, meta_loss=None, val_loss=None, train_loss=0.5, solver=solver,
+                            events=("solver_diverged",), action="backoff")
+    data = record.to_dict()
+    assert data["solver"]["residual"] is None and data["solver"]["spectral_radius"] is None
+    back = MetaStepRecord.from_dict(data)
+    assert math.isinf(solver.residual) and math.isnan(back.solver.spectral_radius)
+    assert back.to_dict() == data and back.events == ("solver_diverged",)

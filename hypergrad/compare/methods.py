@@ -1,32 +1,35 @@
-"""The ``--methods`` list of ``hypergrad compare``: gradient methods, Optuna samplers and hybrids."""
+"""The ``--methods`` list of ``hypergrad compare``: gradient methods, Optuna samplers, hybrids and strategies."""
 
 from __future__ import annotations
 
 from typing import Literal
 
 from hypergrad.baselines import SAMPLERS
-from hypergrad.config import method_names
+from hypergrad.config import STRATEGY_NAMES, method_names
 
-__all__ = ["DEFAULT_METHODS", "HYBRID_PREFIX", "method_kind", "parse_methods"]
+__all__ = ["DEFAULT_METHODS", "HYBRID_PREFIX", "STRATEGY_METHODS", "method_kind", "parse_methods"]
 
 DEFAULT_METHODS = "neumann,tbptt,bptt,tpe,random,cmaes,tpe+neumann"
 HYBRID_PREFIX = "tpe+"
+#: The strategies compare runs as methods (``gradient`` is its methods ``bptt, neumann, ...``).
+STRATEGY_METHODS = tuple(s for s in STRATEGY_NAMES if s != "gradient")
 
 
 def parse_methods(text: str) -> list[str]:
-    """Split ``--methods`` and validate each: a gradient method, a sampler, or ``tpe+<gradient method>``."""
+    """Split ``--methods`` and validate each: a gradient method, a sampler, ``tpe+<gradient method>`` or a strategy."""
     gradient = method_names()
     methods = [m.strip().lower() for m in text.split(",") if m.strip()]
     if not methods:
         raise ValueError("--methods is empty")
     for m in methods:
-        if m in gradient or m in SAMPLERS:
+        if m in gradient or m in SAMPLERS or m in STRATEGY_METHODS:
             continue
         if m.startswith(HYBRID_PREFIX) and m[len(HYBRID_PREFIX):] in gradient:
             continue
         raise ValueError(
             f"unknown method {m!r} in --methods; expected gradient methods ({', '.join(gradient)}), "
-            f"samplers ({', '.join(SAMPLERS)}) or a hybrid tpe+<gradient method>"
+            f"samplers ({', '.join(SAMPLERS)}), a hybrid tpe+<gradient method> or strategies "
+            f"({', '.join(STRATEGY_METHODS)})"
         )
     dupes = sorted({m for m in methods if methods.count(m) > 1})
     if dupes:
@@ -34,8 +37,11 @@ def parse_methods(text: str) -> list[str]:
     return methods
 
 
-def method_kind(method: str) -> Literal["gradient", "optuna", "hybrid"]:
-    """``"gradient"`` (a hypergradient method), ``"optuna"`` (a sampler) or ``"hybrid"`` (``tpe+<method>``)."""
+def method_kind(method: str) -> Literal["gradient", "optuna", "hybrid", "strategy"]:
+    """``"gradient"`` (a hypergradient method), ``"optuna"`` (a sampler), ``"hybrid"`` (``tpe+<method>``)
+    or ``"strategy"`` (``sign``, ``hybrid``, ``auto``: :data:`hypergrad.strategies.STRATEGIES`)."""
+    if method in STRATEGY_METHODS:
+        return "strategy"
     if method in method_names():
         return "gradient"
     if method in SAMPLERS:

@@ -9,7 +9,7 @@ from typing import Any
 from hypergrad._imports import optional_import
 from hypergrad.compare.trace import Trace, best_at, best_at_seconds, trace_from_json
 
-__all__ = ["log_tensorboard", "plot"]
+__all__ = ["TraceWriter", "log_tensorboard", "plot"]
 
 
 def plot(runs: Sequence[dict[str, Any]], methods: Sequence[str], path: str | Path, title: str = "") -> None:
@@ -54,18 +54,42 @@ def plot(runs: Sequence[dict[str, Any]], methods: Sequence[str], path: str | Pat
     plt.close(fig)
 
 
+class TraceWriter:
+    """Stream a trace to the TensorBoard run ``logdir/<method>/seed<S>`` while the search runs.
+
+    :meth:`write` adds the points that arrived since the last call (call it after every
+    evaluation), so the curves can be watched live. Scalars: ``compare/meta_loss`` and
+    ``compare/best_meta_loss`` against inner SGD steps spent (``inner trainings x T``), and
+    ``compare/best_meta_loss_vs_ms`` against wall milliseconds.
+    """
+
+    def __init__(self, logdir: str | Path, method: str, seed: int, inner_steps: int) -> None:
+        tensorboard = optional_import("torch.utils.tensorboard", "tensorboard", purpose="--logdir")
+        self.writer = tensorboard.SummaryWriter(log_dir=str(Path(logdir) / method / f"seed{seed}"))
+        self.inner_steps = inner_steps
+        self.written = 0
+
+    def write(self, trace: Trace) -> None:
+        """Write ``trace``'s points from the first one not yet written."""
+        best = trace.best_so_far
+        for i in range(self.written, len(trace.cost)):
+            step = round(trace.cost[i] * self.inner_steps)
+            if trace.meta_loss[i] is not None:
+                self.writer.add_scalar("compare/meta_loss", trace.meta_loss[i], step)
+            if best[i] is not None:
+                self.writer.add_scalar("compare/best_meta_loss", best[i], step)
+                self.writer.add_scalar("compare/best_meta_loss_vs_ms", best[i], round(trace.seconds[i] * 1000))
+        self.written = len(trace.cost)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 def log_tensorboard(logdir: Path, trace: Trace, inner_steps: int) -> None:
-    """Write ``trace`` as the TensorBoard run ``logdir/<method>/seed<S>`` (x axis: inner SGD steps, or ms)."""
-    tensorboard = optional_import("torch.utils.tensorboard", "tensorboard", purpose="--logdir")
-    writer = tensorboard.SummaryWriter(log_dir=str(logdir / trace.method / f"seed{trace.seed}"))
+    """Write a finished ``trace`` as the TensorBoard run ``logdir/<method>/seed<S>`` (see :class:`TraceWriter`)."""
+    writer = TraceWriter(logdir, trace.method, trace.seed, inner_steps)
     try:
-        for c, s, v, b in zip(trace.cost, trace.seconds, trace.meta_loss, trace.best_so_far):
-            step = round(c * inner_steps)
-            if v is not None:
-                writer.add_scalar("compare/meta_loss", v, step)
-            if b is not None:
-                writer.add_scalar("compare/best_meta_loss", b, step)
-                writer.add_scalar("compare/best_meta_loss_vs_ms", b, round(s * 1000))
-        writer.flush()
+        writer.write(trace)
     finally:
         writer.close()

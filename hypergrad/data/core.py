@@ -35,13 +35,15 @@ class Split(NamedTuple):
 
 
 def default_data_root(name: str) -> Path:
-    """Where to look for a data set when no ``--data-root`` is given.
+    """Where to look for the data set ``name`` when no ``--data-root`` is given: ``$HYPERGRAD_DATA/<name>``.
 
-    ``$HYPERGRAD_DATA/<name>`` if the variable is set, else ``../shared/datasets/<name>``
-    relative to the repository checkout (the layout of this project's machines).
+    Raises:
+        DataError: ``HYPERGRAD_DATA`` is unset or empty. The embedded digits data needs no root.
     """
     env = os.environ.get("HYPERGRAD_DATA")
-    if env:
-        return Path(env) / name
-    repo = Path(__file__).resolve().parents[2]
-    return repo.parent / "shared" / "datasets" / name
+    if not env:
+        raise DataError(
+            f"no data root for {name!r}: pass --data-root DIR (the folder with the {name} files) or set "
+            f"HYPERGRAD_DATA to the folder that holds {name}/"
+        )
+    return Path(env) / name

@@ -10,6 +10,10 @@
 * ``chunks(size)``: one ordered pass over every example (the meta loss), and ``full()``:
   the whole set as one batch.
 
+Every source delivers its batches on one device: ``source.to(device)`` (what
+:class:`~hypergrad.inner.InnerProblem` calls with the model's device) moves in-memory
+tensors there once and the batches of a ``Dataset`` or a loader as they are read.
+
 A batch is ``(inputs, target)``; ``inputs`` is a tensor, or a tuple of tensors when the
 model takes several (``model(*inputs)``). Three sources:
 
@@ -28,6 +32,7 @@ model takes several (``model(*inputs)``). Three sources:
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -52,7 +57,9 @@ __all__ = [
     "TensorSource",
     "as_source",
     "batch_len",
+    "batch_to",
     "shard_batch",
+    "stack_batches",
 ]
 
 Inputs = Tensor | tuple[Tensor, ...]
@@ -61,6 +68,15 @@ Batch = tuple[Inputs, Tensor]
 
 def _leaves(inputs: Inputs) -> tuple[Tensor, ...]:
     return inputs if isinstance(inputs, tuple) else (inputs,)
+
+
+def batch_to(batch: Batch, device: torch.device | None) -> Batch:
+    """``batch`` with every tensor on ``device`` (``None``: unchanged; no copy when already there)."""
+    if device is None:
+        return batch
+    x, y = batch
+    xs = tuple(t.to(device) for t in _leaves(x))
+    return (xs if isinstance(x, tuple) else xs[0]), y.to(device)
 
 
 def batch_len(batch: Batch) -> int:
@@ -94,6 +110,20 @@ def as_batch(item: Any, where: str) -> Batch:
     shown = type(item).__name__ if not isinstance(item, (tuple, list)) else (
         f"a {type(item).__name__} of {', '.join(type(t).__name__ for t in item)}")
     raise TypeError(f"{where} must yield (inputs, target) pairs of tensors; got {shown}")
+
+
+def stack_batches(batches: Sequence[Batch]) -> Batch:
+    """``M`` batches of one size stacked along a new leading axis (the input of ``step_batched``)."""
+    if not batches:
+        raise ValueError("stack_batches needs at least one batch")
+    sizes = sorted({batch_len(b) for b in batches})
+    if len(sizes) > 1:
+        raise ValueError(f"cannot stack batches of different sizes {sizes}; solve them one by one")
+    first = batches[0][0]
+    ys = torch.stack([b[1] for b in batches])
+    if isinstance(first, tuple):
+        return tuple(torch.stack([b[0][i] for b in batches]) for i in range(len(first))), ys  # type: ignore[index]
+    return torch.stack([b[0] for b in batches]), ys  # type: ignore[misc]
 
 
 # ---------------------------------------------------------------------- batch sequences
@@ -199,6 +229,8 @@ class DataSource(Protocol):
 
     def full(self) -> Batch: ...
 
+    def to(self, device: torch.device | str) -> DataSource: ...
+
 
 class IndexedSource:
     """A source whose examples are addressed by index: batches follow :class:`BatchSchedule`."""
@@ -261,8 +293,22 @@ class TensorSource(IndexedSource):
             raise ValueError(f"{name} is empty: it holds no examples")
         self.num_examples = n
         self._xs = xs
+        self.name = name
+
+    @property
+    def device(self) -> torch.device:
+        return self.y.device
+
+    def to(self, device: torch.device | str) -> TensorSource:
+        """The same examples on ``device`` (this source itself when they are there already)."""
+        device = torch.device(device)
+        if all(t.device == device for t in (*self._xs, self.y)):
+            return self
+        x = tuple(t.to(device) for t in self._xs)
+        return TensorSource(x if isinstance(self.x, tuple) else x[0], self.y.to(device), name=self.name)
 
     def gather(self, idx: Tensor) -> Batch:
+        idx = idx.to(self.y.device)
         x = tuple(t.index_select(0, idx) for t in self._xs)
         return (x if isinstance(self.x, tuple) else x[0]), self.y.index_select(0, idx)
 
@@ -286,9 +332,17 @@ class DatasetSource(IndexedSource):
         if n == 0:
             raise ValueError(f"{name} is empty: the Dataset has length 0")
         self.dataset, self.num_examples, self.name = dataset, n, name
+        self.device: torch.device | None = None
+
+    def to(self, device: torch.device | str) -> DatasetSource:
+        """The same source, its batches moved to ``device`` as they are collated."""
+        moved = copy.copy(self)
+        moved.device = torch.device(device)
+        return moved
 
     def gather(self, idx: Tensor) -> Batch:
-        return as_batch(_collate([self.dataset[i] for i in idx.tolist()]), f"{self.name} (a Dataset)")
+        batch = as_batch(_collate([self.dataset[i] for i in idx.tolist()]), f"{self.name} (a Dataset)")
+        return batch_to(batch, self.device)
 
 
 def _generators(loader: Any) -> list[torch.Generator]:
@@ -320,6 +374,13 @@ class LoaderSource:
         except TypeError:
             self.num_examples = None
         self.batch_size: int | None = getattr(loader, "batch_size", None)
+        self.device: torch.device | None = None
+
+    def to(self, device: torch.device | str) -> LoaderSource:
+        """The same loader, its batches moved to ``device`` as they are read."""
+        moved = copy.copy(self)
+        moved.device = torch.device(device)
+        return moved
 
     @property
     def reproducible(self) -> bool:
@@ -330,7 +391,7 @@ class LoaderSource:
 
     def _one_pass(self) -> Iterator[Batch]:
         for item in self.loader:
-            yield as_batch(item, self.name)
+            yield batch_to(as_batch(item, self.name), self.device)
 
     def stream(self, seed: int) -> Iterator[Batch]:
         """Endless batches: passes over the loader, its generators seeded once with ``seed``."""
@@ -349,8 +410,19 @@ class LoaderSource:
         return LoaderBatches(self, num_steps, seed)
 
     def sample(self, m: int, batch_size: int, seed: int) -> list[Batch]:
-        """The first ``m`` batches of a pass seeded with ``seed``."""
-        return list(itertools.islice(self.stream(seed), m))
+        """The first ``m`` batches of the stream seeded with ``seed`` that have the first one's size.
+
+        (A pass's short last batch is skipped, so the ``m`` batches can be stacked.)
+        """
+        out: list[Batch] = []
+        if m < 1:
+            return out
+        for batch in self.stream(seed):
+            if not out or batch_len(batch) == batch_len(out[0]):
+                out.append(batch)
+            if len(out) == m:
+                break
+        return out
 
     def chunks(self, size: int) -> Iterator[Batch]:
         """One pass over the loader, in its order (``size`` is not used)."""

@@ -39,7 +39,7 @@ def run_one(dataset: str, data_root: str | None, method: str, seed: int, overrid
     tuner = Tuner(problem, cfg, x_test=split.x_test, y_test=split.y_test)
     t0 = time.perf_counter()
     result = tuner.run()
-    vals = [r["val_loss"] for r in result.history if r["val_loss"] is not None]
+    vals = [r.val_loss for r in result.history if r.val_loss is not None]
     ev = result.evaluation
     return {
         "method": method,
@@ -50,8 +50,8 @@ def run_one(dataset: str, data_root: str | None, method: str, seed: int, overrid
         "max_val_during": max(vals) if vals else None,
         "initial_test_acc": ev["initial"]["test_accuracy"],
         "best_test_acc": ev["best"]["test_accuracy"],
-        "events": sum(1 for r in result.history if r["events"]),
-        "actions": sorted({r["action"] for r in result.history}),
+        "events": sum(1 for r in result.history if r.events),
+        "actions": sorted({r.action for r in result.history}),
         "seconds": time.perf_counter() - t0,
     }
 

@@ -46,13 +46,13 @@ def plot(results: dict[str, hypergrad.TuneResult], path: Path) -> None:
     for i, (method, result) in enumerate(results.items()):
         hist, ls = result.history, styles[i % len(styles)]
         suffix = f", {label(method)}" if len(results) > 1 else ""
-        steps = [r["step"] for r in hist]
-        axes[0].plot(steps, [r["val_loss"] for r in hist], ls, color="C0", label=f"validation (meta loss){suffix}")
-        axes[0].plot(steps, [r["train_loss"] for r in hist], ls, color="C1", label=f"training{suffix}")
-        for j, tensor in enumerate(hist[0]["hyperparameters"]):
+        steps = [r.step for r in hist]
+        axes[0].plot(steps, [r.val_loss for r in hist], ls, color="C0", label=f"validation (meta loss){suffix}")
+        axes[0].plot(steps, [r.train_loss for r in hist], ls, color="C1", label=f"training{suffix}")
+        for j, tensor in enumerate(hist[0].hyperparameters):
             kw = {"color": f"C{j}", "linestyle": ls, "label": f"{tensor}{suffix}"}
-            axes[1].plot(steps, [r["hyperparameters"][tensor]["lr"] for r in hist], **kw)
-            axes[2].plot(steps, [r["hyperparameters"][tensor]["momentum"] for r in hist], **kw)
+            axes[1].plot(steps, [r.hyperparameters[tensor]["lr"] for r in hist], **kw)
+            axes[2].plot(steps, [r.hyperparameters[tensor]["momentum"] for r in hist], **kw)
     axes[0].set_yscale("log")
     axes[0].set_xlabel("meta step")
     axes[0].set_ylabel("loss after T inner steps")

@@ -295,9 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "tbptt" in args.methods and max([*args.truncate, args.curve_truncate]) > args.inner_steps:
         parser.error(f"TBPTT's truncations must not exceed the {args.inner_steps} inference steps (--inner-steps)")
     torch.set_num_threads(1)
-    root = args.data_root or default_data_root("mnist")
     try:
-        images = load_images(root)
+        images = load_images(args.data_root or default_data_root("mnist"))
     except DataError as exc:
         parser.exit(1, f"error: {exc}\n")
     progress = not args.no_progress

@@ -117,7 +117,7 @@ def run_job(job: Job, recipe: dict[str, Any], split: Any, data_root: str | None)
     history = [
         {key: r[key] for key in ("step", "meta_loss", "val_loss", "train_loss", "hypergrad_norm",
                                  "events", "action", "seconds", "solver")}
-        for r in tuner.history
+        for r in (record.to_dict() for record in tuner.history)
     ]
     last = history[-1]
     return {

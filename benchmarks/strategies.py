@@ -1,0 +1,154 @@
+"""Strategies against TPE at matched budgets, scored by retraining on fresh batch orders (issue 14).
+
+For every seed, method and budget, the method runs with ``budget`` inner trainings through the
+runners of ``hypergrad compare`` (:func:`hypergrad.compare.run_strategy` for ``sign``, ``hybrid``,
+``auto``; :func:`hypergrad.compare.run_optuna` for ``tpe``; :func:`hypergrad.compare.run_gradient`
+for a gradient method), and its exported hyperparameters are retrained from w0 with
+``torch.optim.SGD`` (:func:`hypergrad.compare.sgd_evaluate`) on ``--orders`` fresh batch orders
+(schedule seeds 1001, 1002, ... no search saw). A cell's score is the mean retrained validation
+loss over those orders; the table shows its mean ± std over seeds, and the search's wall seconds.
+
+    python -m benchmarks.strategies --dataset digits --methods auto,tpe --budgets 20,40,60,100 \\
+        --seeds 0,1,2 --out docs/results/strategies_digits.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def retrain(problem: Any, split: Any, hparams: Any, cfg: Any, orders: int) -> list[float]:
+    from hypergrad.compare import sgd_evaluate
+
+    out = []
+    for i in range(orders):
+        batches = problem.schedule(cfg.inner_steps, 1001 + i, batch_size=cfg.batch_size)
+        v = sgd_evaluate(problem, split, problem.spec, hparams, batches)["val_loss"]
+        out.append(v if v is not None and math.isfinite(v) else 10.0)
+    return out
+
+
+def _variants() -> dict[str, Any]:
+    from hypergrad.strategies import SignRule, SignStrategy
+
+    return {"sign-irprop": lambda: SignStrategy(rule=SignRule(skip_on_flip=True)),
+            "sign-top4": lambda: SignStrategy(top=4)}
+
+
+VARIANTS = ("sign-irprop", "sign-top4")
+
+
+def _run_variant(problem: Any, cfg: Any, method: str, budget: int) -> Any:
+    """A variant of a strategy (settings tried on seeds 100+), run as :func:`run_strategy` runs a strategy."""
+    import dataclasses
+
+    from hypergrad.compare import Trace
+    from hypergrad.tuner import Tuner
+
+    trace = Trace(method, cfg.seed)
+    tuner = Tuner(problem, dataclasses.replace(cfg, strategy="sign", budget=budget), strategy=_variants()[method]())
+    t0 = time.perf_counter()
+    result = tuner.run(budget=budget, on_checkpoint=lambda t: trace.add(1.0, time.perf_counter() - t0,
+                                                                        t.history[-1].meta_loss, "variant"))
+    trace.best = result.best
+    trace.info[method] = {k: v for k, v in result.info.items() if k != "strategy"}
+    return trace
+
+
+def run_cell(run: Any, cfg: Any, method: str, budget: int, seed: int, orders: int) -> dict[str, Any]:
+    import dataclasses
+
+    from hypergrad.compare import OptunaSettings, method_kind, run_gradient, run_optuna, run_strategy
+    from hypergrad.workloads import build_problem, load_split
+
+    scfg = dataclasses.replace(cfg, seed=seed)
+    problem, split = build_problem(run, scfg, load_split(run, seed))
+    t0 = time.perf_counter()
+    kind = method_kind(method) if method not in VARIANTS else "variant"
+    if kind == "variant":
+        trace = _run_variant(problem, scfg, method, budget)
+    elif kind == "strategy":
+        trace = run_strategy(problem, scfg, method, budget)
+    elif kind == "optuna":
+        trace = run_optuna(problem, scfg, method, budget, OptunaSettings())
+    else:
+        trace = run_gradient(problem, scfg, method, budget)
+    seconds = time.perf_counter() - t0
+    scores = retrain(problem, split, trace.best, scfg, orders)
+    return {"method": method, "budget": budget, "seed": seed, "seconds": seconds, "retrained": scores,
+            "score": statistics.fmean(scores), "inner_trainings": trace.cost[-1],
+            "best_meta_loss": min((v for v in trace.meta_loss if v is not None), default=None),
+            "best_hyperparameters": problem.spec.describe(trace.best),
+            "info": {k: v for k, v in trace.info.items()}}
+
+
+def table(cells: list[dict[str, Any]]) -> str:
+    methods = list(dict.fromkeys(c["method"] for c in cells))
+    budgets = sorted({c["budget"] for c in cells})
+    lines = ["| method | " + " | ".join(f"budget {b}" for b in budgets) + " |",
+             "|---|" + "---:|" * len(budgets)]
+    for m in methods:
+        row = []
+        for b in budgets:
+            cs = [c for c in cells if c["method"] == m and c["budget"] == b]
+            if not cs:
+                row.append("")
+                continue
+            s = [c["score"] for c in cs]
+            sd = statistics.stdev(s) if len(s) > 1 else 0.0
+            sec = statistics.fmean(c["seconds"] for c in cs)
+            row.append(f"{statistics.fmean(s):.4f} ± {sd:.4f} ({sec:.0f} s)")
+        lines.append(f"| {m} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hypergrad.config import RunConfig, TuneConfig
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="digits", choices=("digits", "mnist"))
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--n-train", type=int, default=None)
+    p.add_argument("--methods", default="auto,tpe")
+    p.add_argument("--budgets", default="20,40,60,100")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--inner-steps", type=int, default=100)
+    p.add_argument("--orders", type=int, default=3, help="fresh batch orders of the retraining")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    run = RunConfig(dataset=args.dataset, data_root=args.data_root, n_train=args.n_train)
+    cfg = TuneConfig(inner_steps=args.inner_steps)
+    out = Path(args.out)
+    cells: list[dict[str, Any]] = json.loads(out.read_text())["cells"] if out.exists() else []
+    done = {(c["method"], c["budget"], c["seed"]) for c in cells}
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for method in args.methods.split(","):
+            for budget in (int(b) for b in args.budgets.split(",")):
+                if (method, budget, seed) in done:
+                    continue
+                cell = run_cell(run, cfg, method, budget, seed, args.orders)
+                cells.append(cell)
+                print(f"{method} budget {budget} seed {seed}: retrained {cell['score']:.4f} "
+                      f"({', '.join(f'{v:.4f}' for v in cell['retrained'])}) in {cell['seconds']:.1f} s", flush=True)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps({"argv": sys.argv[1:], "dataset": args.dataset, "orders": args.orders,
+                                           "inner_steps": args.inner_steps, "cells": cells}, indent=1))
+    print(table(cells))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
