@@ -148,11 +148,26 @@ def _basis(params: Tree) -> tuple[int, Tree]:
     return total, tuple(out)
 
 
+class _RngState:
+    """torch's generators (CPU, and the CUDA devices of ``tensors``) as they are now, to restore."""
+
+    def __init__(self, tensors: Tree) -> None:
+        self.cpu = torch.get_rng_state()
+        self.cuda = {t.device: torch.cuda.get_rng_state(t.device) for t in tensors if t.device.type == "cuda"}
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        for device, state in self.cuda.items():
+            torch.cuda.set_rng_state(state, device)
+
+
 class _Tangents:
     r"""One step of the forward recursion, :math:`(h_t, Z_t) \mapsto (h_{t+1}, Z_{t+1})`, by JVPs.
 
     ``vectorize``: ``True`` (vmap over the ``P`` directions), ``False`` (a Python loop) or
     ``None`` (vmap, falling back to the loop for the rest of the run the first time vmap fails).
+    Either way a map that draws random numbers (dropout) draws them once per step, the same for
+    every direction (vmap's ``randomness="same"``; the loop restores the generators).
     """
 
     def __init__(self, vectorize: bool | None, chunk_size: int | None) -> None:
@@ -177,7 +192,8 @@ class _Tangents:
         num_dirs = e[0].shape[0]
         size = self.chunk_size or num_dirs  # chunks by hand: vmap's chunk_size rejects out_dims=None
         results = [
-            vmap(column, out_dims=(None, 0))(tuple(t[a : a + size] for t in z), tuple(t[a : a + size] for t in e))
+            vmap(column, out_dims=(None, 0), randomness="same")(tuple(t[a : a + size] for t in z),
+                                                                tuple(t[a : a + size] for t in e))
             for a in range(0, num_dirs, size)
         ]
         self.vectorize = True  # it worked once: keep it
@@ -188,7 +204,9 @@ class _Tangents:
 
     def _looped(self, f: Callable[[Tree, Tree], Tree], h: Tree, w: Tree, z: Tree, e: Tree) -> tuple[Tree, Tree]:
         results = []
+        rng = _RngState(h)
         for d in range(e[0].shape[0]):
+            rng.restore()  # one draw of the map's randomness (dropout) for every direction
             try:
                 results.append(jvp(f, (h, w), (tuple(t[d] for t in z), tuple(t[d] for t in e))))
             except RuntimeError as exc:
@@ -254,6 +272,12 @@ def forward_grad(
     Returns:
         A tuple of gradients aligned with ``params`` (zeros where unused), detached, or
         ``(grads, aux)`` with ``has_aux=True``.
+
+    Note:
+        Forward mode differentiates the inner gradient forward-over-reverse, which some
+        PyTorch operations do not support yet; notably ``F.mse_loss`` with
+        ``reduction="mean"`` fails with "ZeroTensors are immutable" (pytorch/pytorch#123996):
+        write the loss as ``((pred - y) ** 2).mean()`` or ``F.mse_loss(..., reduction="sum") / n``.
 
     Raises:
         ValueError: a bad ``num_steps``, a non-floating ``params`` or state tensor, a

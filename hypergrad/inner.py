@@ -326,8 +326,9 @@ class InnerProblem:
     def _module(self) -> nn.Module:
         """This thread's own copy of the model, the one :func:`functional_call` runs."""
         module = getattr(self._local, "module", None)
-        if module is None:
-            module = self._local.module = copy.deepcopy(self._functional)
+        if module is None:  # not under torch.func transforms: a copy made there holds their wrappers
+            with torch._C._DisableFuncTorch():
+                module = self._local.module = copy.deepcopy(self._functional)
         return module
 
     def rng(self, seed: int) -> contextlib.AbstractContextManager[None]:

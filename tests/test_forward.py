@@ -21,6 +21,7 @@ from hypergrad import InnerProblem, forward_grad, gradient, scheduled_step, segm
 from hypergrad.methods import METHODS
 from tests._maps import DT, flat, make_tanh_problem, rel_err, unflat
 from tests._problems import tiny_problem
+from tests._zoo import ZOO
 
 TOL = 1e-9  # float64 round-off: far inside the issue's 1e-6
 
@@ -100,6 +101,45 @@ def test_functional_step_is_the_inner_step() -> None:
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-15)
         h = want
+
+
+@pytest.mark.parametrize("name", ["cnn", "bn_dropout", "gru", "frozen_shared", "mixed_dtype", "two_inputs"])
+def test_user_models_equal_bptt(name: str) -> None:
+    """The zoo (tests/_zoo.py): BatchNorm and Dropout in train mode (the same masks: one draw per step),
+    a GRU, a frozen and a shared tensor, mixed dtypes, a tuple of inputs; float32 where the model is."""
+    model, loss_fn, train, val = ZOO[name].build()
+    problem = InnerProblem(model, loss_fn, train=train, val=val, batch_size=16, per="layer")
+    hp = problem.spec.init(0.1, 0.5)
+    batches = list(problem.schedule(6, seed=0))
+    with problem.rng(1):
+        got = forward_grad(lambda s, w, b: problem.functional_step(s, w, *b), problem.initial_state(), hp, 6,
+                           _meta_loss(problem), inputs=batches)
+    rows = iter(batches)
+    with problem.rng(1):
+        want = unrolled_grad(lambda s, w: problem.step(s, w, *next(rows)), problem.initial_state(), hp, 6,
+                             _meta_loss(problem))
+    assert rel_err(got, want) < 1e-5
+    if ZOO[name].stochastic:  # another draw of the masks gives another gradient: the masks matter
+        with problem.rng(2):
+            other = forward_grad(lambda s, w, b: problem.functional_step(s, w, *b), problem.initial_state(), hp,
+                                 6, _meta_loss(problem), inputs=batches)
+        assert rel_err(other, want) > 1e-4
+
+
+def test_the_loop_draws_the_randomness_once_per_step() -> None:
+    p = make_tanh_problem(shapes=((4,),), seed=12)
+
+    def step(s, w):  # dropout on the state: a random mask per step
+        return tuple(torch.nn.functional.dropout(x, 0.5) for x in p.step(s, w))
+
+    h0 = _h0(p)
+    runs = {}
+    for mode in (True, False):
+        torch.manual_seed(3)
+        runs[mode] = forward_grad(step, h0, p.params, 5, p.loss, vectorize=mode)
+    torch.manual_seed(3)
+    want = unrolled_grad(step, h0, p.params, 5, p.loss)
+    assert rel_err(runs[True], want) < TOL and rel_err(runs[False], want) < TOL
 
 
 # --------------------------------------------------------------------------- schedules
