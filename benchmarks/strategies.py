@@ -10,6 +10,9 @@ loss over those orders; the table shows its mean ± std over seeds, and the sear
 
     python -m benchmarks.strategies --dataset digits --methods auto,tpe --budgets 20,40,60,100 \\
         --seeds 0,1,2 --out docs/results/strategies_digits.json
+    python -m benchmarks.strategies --out docs/results/strategies_digits.json --table
+
+Cells already in ``--out`` are kept and not rerun (a run can be continued or extended).
 """
 
 from __future__ import annotations
@@ -124,7 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inner-steps", type=int, default=100)
     p.add_argument("--orders", type=int, default=3, help="fresh batch orders of the retraining")
     p.add_argument("--out", required=True)
+    p.add_argument("--table", action="store_true", help="print the table of --out and exit")
     args = p.parse_args(argv)
+    if args.table:
+        print(table(json.loads(Path(args.out).read_text())["cells"]))
+        return 0
     torch.set_num_threads(1)
     import optuna
 

@@ -131,7 +131,7 @@ Lowest retrained validation loss, models won: {ranking}.
 
 **Conclusion.** {args.conclusion or _conclusion(results, methods)}
 
-The JSON next to this page holds every run (traces, best hyperparameters, SGD param groups and
+[`{args.out.name}`]({args.out.name}) holds every run (traces, best hyperparameters, SGD param groups and
 each retraining); new methods and strategies are scored with `--methods`.
 """
 

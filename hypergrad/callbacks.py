@@ -171,8 +171,11 @@ def run_hparams(
         "method": cfg.pop("method", None),
         "strategy": strategy,
     }
+    budget = cfg.pop("budget", None)  # None: the strategy's default, meta_steps inner trainings
     for short, key in _HEADLINE:
         out[short] = cfg.pop(key, None)
+    if budget is not None:
+        out["meta_steps"], out["budget"] = out["budget"], budget
     for key, value in cfg.items():
         out[key] = value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
     return out

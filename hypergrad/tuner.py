@@ -326,11 +326,14 @@ def tune(
         if folder is not None:
             save_checkpoint(folder, _checkpoint_state(t))
 
-    stepping = [tuner.step_count < cfg.meta_steps]  # False once the meta steps are done: the final evaluation
+    def stepping_now() -> bool:  # False once the strategy's budget is spent: the final evaluation runs
+        return not tuner.strategy.done(cfg, tuner.state, tuner.strategy.default_budget(cfg))
+
+    stepping = [stepping_now()]
 
     def after_steps(t: Tuner) -> None:
         on_checkpoint(t)
-        stepping[0] = t.step_count < cfg.meta_steps
+        stepping[0] = stepping_now()
 
     try:
         return tuner.run(on_checkpoint=after_steps)
