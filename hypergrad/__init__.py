@@ -4,10 +4,16 @@ Implements Liao et al., "Reviving and Improving Recurrent Back-Propagation",
 ICML 2018. The public namespace:
 
 * :data:`METHODS` / :func:`gradient`: the method table (BPTT, TBPTT, RBP, CG-RBP,
-  Neumann-RBP, GMRES-RBP) and the one function that computes a gradient by any of them
+  Neumann-RBP, GMRES-RBP, forward mode) and the one function that computes a gradient by any of them
   (:mod:`hypergrad.methods`);
 * :func:`fixed_point_grad`: RBP, CG-RBP, Neumann-RBP (and GMRES) through a steady state;
 * :func:`unrolled_grad`: BPTT and truncated BPTT over the same map;
+* :func:`forward_grad`: forward mode (the tangents dh_t/dw carried through the run: BPTT's
+  gradient at a memory that does not grow with T), and :func:`scheduled_step`, the same
+  time-varying, segmented map for BPTT;
+* :class:`HyperSpec` / :func:`to_sgd_param_groups` / :class:`SGDSchedule`: the hyperparameter
+  layout (granularity, schedules of :func:`segment_index` segments) and its exact export to
+  ``torch.optim.SGD``;
 * :class:`FixedPoint`: a differentiable fixed-point layer with an RBP backward;
 * :mod:`hypergrad.linalg`: the matrix-free solvers and :class:`SolveInfo`;
 * :func:`tune`: tune the learning rates and momenta of your own model (any ``nn.Module``,
@@ -20,7 +26,8 @@ ICML 2018. The public namespace:
 from hypergrad import linalg, methods
 from hypergrad.compare import Comparison, compare_models
 from hypergrad.config import TuneConfig
-from hypergrad.hyperparams import HyperSpec, to_sgd_param_groups
+from hypergrad.forward import forward_grad, scheduled_step
+from hypergrad.hyperparams import HyperSpec, SGDSchedule, segment_bounds, segment_index, to_sgd_param_groups
 from hypergrad.implicit import FixedPoint, fixed_point_grad, solve_adjoint
 from hypergrad.inner import InnerProblem
 from hypergrad.linalg import SolveInfo
@@ -38,6 +45,7 @@ __all__ = [
     "HyperSpec",
     "InnerProblem",
     "Method",
+    "SGDSchedule",
     "SolveInfo",
     "TuneConfig",
     "TuneError",
@@ -46,11 +54,15 @@ __all__ = [
     "__version__",
     "compare_models",
     "fixed_point_grad",
+    "forward_grad",
     "get_method",
     "gradient",
     "linalg",
     "method_names",
     "methods",
+    "scheduled_step",
+    "segment_bounds",
+    "segment_index",
     "solve_adjoint",
     "to_sgd_param_groups",
     "tune",

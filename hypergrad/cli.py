@@ -27,6 +27,7 @@ from hypergrad._imports import MissingDependency
 from hypergrad._io import json_safe as _json_safe
 from hypergrad._io import write_json as _write_json
 from hypergrad.config import (
+    TUNER_METHODS,
     ConfigError,
     RunConfig,
     TuneConfig,
@@ -476,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "tune":
             _add_tune_flags(p)
         if name == "check-grad":
-            p.add_argument("--methods", default=",".join(method_names()), help="comma-separated methods to compare")
+            p.add_argument("--methods", default=",".join(TUNER_METHODS), help="comma-separated methods to compare")
             p.add_argument("--out", default=None, metavar="FILE", help="JSON with every hypergradient")
     return parser
 

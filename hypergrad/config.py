@@ -43,6 +43,7 @@ __all__ = [
     "DATASETS",
     "DIVERGENCE_POLICIES",
     "STRATEGY_NAMES",
+    "TUNER_METHODS",
     "ConfigError",
     "Option",
     "RunConfig",
@@ -64,6 +65,8 @@ DIVERGENCE_POLICIES = ("backoff", "skip", "clip", "fallback", "stop")
 #: The built-in strategies (:data:`hypergrad.strategies.STRATEGIES`, which a test keeps equal to this).
 STRATEGY_NAMES = ("auto", "gradient", "sign", "hybrid")
 DATASETS = ("digits", "mnist")
+#: The methods the Tuner runs: forward mode is in the core only until the Tuner takes it (issue 15).
+TUNER_METHODS = method_names("unrolled") + method_names("implicit")
 
 
 class ConfigError(ValueError):
@@ -164,6 +167,11 @@ class TuneConfig:
 
     def __post_init__(self) -> None:
         _validate(self)
+        if self.method not in TUNER_METHODS:
+            raise ConfigError(
+                f"method={self.method!r} is not supported by the Tuner yet (it runs {', '.join(TUNER_METHODS)}); "
+                f"compute a {self.method} hypergradient with hypergrad.gradient(..., method={self.method!r})"
+            )
         if self.method == "tbptt" and self.truncate > self.inner_steps:
             raise ConfigError(
                 f"truncate ({self.truncate}) must not exceed inner_steps ({self.inner_steps}) for tbptt"

@@ -326,8 +326,9 @@ class InnerProblem:
     def _module(self) -> nn.Module:
         """This thread's own copy of the model, the one :func:`functional_call` runs."""
         module = getattr(self._local, "module", None)
-        if module is None:
-            module = self._local.module = copy.deepcopy(self._functional)
+        if module is None:  # not under torch.func transforms: a copy made there holds their wrappers
+            with torch._C._DisableFuncTorch():
+                module = self._local.module = copy.deepcopy(self._functional)
         return module
 
     def rng(self, seed: int) -> contextlib.AbstractContextManager[None]:
@@ -389,6 +390,16 @@ class InnerProblem:
         w_new, v_new = [t.clone() for t in w], [t.clone() for t in v]
         sgd_momentum_step_(w_new, v_new, grads, lrs, moms)
         return tuple(w_new) + tuple(v_new)
+
+    def functional_step(self, state: Tree, hparams: Tree, x: Inputs, y: Tensor) -> Tree:
+        r""":meth:`step` with :math:`\nabla_w L` by ``torch.func.grad``: the same map, composable with
+        ``torch.func.jvp``/``vmap`` (forward mode, :func:`hypergrad.forward_grad`) and with autograd."""
+        n = self.num_tensors
+        w, v = tuple(state[:n]), tuple(state[n:])
+        grads = torch.func.grad(lambda ws: self.loss(ws, x, y))(w)
+        lrs, moms = (as_dtypes(h, w) for h in self.spec.per_tensor(hparams))
+        w_new, v_new = sgd_momentum_step(w, v, grads, lrs, moms)
+        return w_new + v_new
 
     def step_batched(self, state: Tree, hparams: Tree, x: Inputs, y: Tensor) -> Tree:
         r""":meth:`step` for ``M`` minibatches at once: every tensor carries a leading ``M`` axis.

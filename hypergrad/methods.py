@@ -8,10 +8,14 @@ Every method computes :math:`\partial L(h_T) / \partial w` for a recurrent map
 * ``rbp`` (RBP, implicit): Algorithm 1, fixed-point iteration on Eq. (10);
 * ``cg`` (CG-RBP, implicit): §4.1, conjugate gradient on the normal equations of Eq. (9);
 * ``neumann`` (Neumann-RBP, implicit): Algorithm 2, ``K`` Neumann terms (Eq. 17);
-* ``gmres`` (GMRES-RBP, implicit): GMRES on Eq. (9), beyond the paper.
+* ``gmres`` (GMRES-RBP, implicit): GMRES on Eq. (9), beyond the paper;
+* ``forward`` (Forward-mode, forward): the tangents :math:`\mathrm{d}h_t/\mathrm{d}w` carried
+  through all ``T`` steps (Franceschi et al., 2017), beyond the paper.
 
 The unrolled family differentiates through the trajectory
-(:func:`hypergrad.unrolled_grad`); the implicit family runs the ``T`` steps
+(:func:`hypergrad.unrolled_grad`); the forward family carries the trajectory's tangents
+(:func:`hypergrad.forward_grad`: BPTT's gradient at a memory that does not grow with ``T``,
+at a cost that grows with the number of parameters); the implicit family runs the ``T`` steps
 without a graph and applies Eq. (8)-(9) at :math:`h_T` on the graph of one
 step (:func:`hypergrad.fixed_point_grad`). :data:`METHODS` is the table and
 :func:`gradient` the one function that computes a gradient by any of them.
@@ -22,7 +26,7 @@ linearises the step map on several minibatches at one :math:`h_T`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
@@ -31,6 +35,7 @@ import torch
 from torch import Tensor
 
 from hypergrad._tree import Tree, as_tree, tree_isfinite
+from hypergrad.forward import forward_grad, scheduled_step
 from hypergrad.implicit import JvpMode, StepFn, fixed_point_grad
 from hypergrad.linalg import SolveInfo
 from hypergrad.unroll import _check_steps, unroll, unrolled_grad
@@ -46,8 +51,8 @@ __all__ = [
     "method_names",
 ]
 
-Family = Literal["unrolled", "implicit"]
-FAMILIES: tuple[Family, ...] = ("unrolled", "implicit")
+Family = Literal["unrolled", "implicit", "forward"]
+FAMILIES: tuple[Family, ...] = ("unrolled", "implicit", "forward")
 #: ``run(state, params, num_steps) -> state``: ``num_steps`` applications of the step map without
 #: a graph, by whatever fast path the caller has (e.g. :meth:`hypergrad.InnerProblem.train`).
 RunFn = Callable[[Tree, Tree, int], Tree | Tensor]
@@ -60,12 +65,13 @@ class Method:
     Attributes:
         name: the name every API and command line takes (``"neumann"``).
         label: the name figures and tables show (``"Neumann-RBP"``).
-        family: ``"unrolled"`` (through the trajectory) or ``"implicit"`` (Eq. 8-9 at
-            :math:`h_T`).
+        family: ``"unrolled"`` (back through the trajectory), ``"implicit"`` (Eq. 8-9 at
+            :math:`h_T`) or ``"forward"`` (tangents carried forward through the trajectory).
         reference: where the paper defines it (``"Algorithm 2, §4.2"``).
-        needs_jvp: it forms Jacobian-vector products :math:`J u` as well as
-            :math:`J^\top v` (CG-RBP), so the step map must be twice differentiable
-            (``jvp="double_vjp"``) or support forward mode (``jvp="forward"``).
+        needs_jvp: it forms Jacobian-vector products :math:`J u`: CG-RBP (as well as
+            :math:`J^\top v`), so the step map must be twice differentiable
+            (``jvp="double_vjp"``) or support forward mode (``jvp="forward"``); forward mode
+            (by ``torch.func.jvp`` only), so the step map must compose with ``torch.func``.
         stackable: supports ``blocks=True`` (independent systems stacked along a leading
             axis, solved as one block-diagonal system).
         uses_truncate: ``truncate`` (K) sets its work: TBPTT's steps, the implicit
@@ -96,6 +102,9 @@ _TABLE = (
            uses_truncate=True, summary="the Neumann series of Eq. (17) to K terms after the first"),
     Method("gmres", "GMRES-RBP", "implicit", "beyond the paper", needs_jvp=False, stackable=False,
            uses_truncate=True, summary="K GMRES iterations on Eq. (9)"),
+    Method("forward", "Forward-mode", "forward", "beyond the paper: Franceschi et al. (2017), forward mode",
+           needs_jvp=True, stackable=False, uses_truncate=False,
+           summary="tangents dh_t/dw carried through all T steps, one JVP per hyperparameter per step"),
 )
 
 #: The method table, in the paper's order (unrolled first): name -> :class:`Method`.
@@ -127,7 +136,7 @@ class GradResult(NamedTuple):
         state: :math:`h_T`, detached.
         aux: what ``loss_fn`` returned beside the loss (``has_aux=True``), else ``None``.
         info: the solver's :class:`~hypergrad.linalg.SolveInfo` (implicit family), ``None``
-            for the unrolled family.
+            for the unrolled and forward families.
     """
 
     grads: Tree
@@ -241,6 +250,9 @@ def gradient(
     jvp: JvpMode = "double_vjp",
     stop_on_growth: bool = False,
     generator: torch.Generator | None = None,
+    inputs: Iterable[Any] | None = None,
+    segment_of: Sequence[int] | None = None,
+    vectorize: bool | None = None,
 ) -> GradResult:
     r"""The loss at :math:`h_T` and its gradient w.r.t. ``params`` by any method of :data:`METHODS`.
 
@@ -258,6 +270,12 @@ def gradient(
       ``max_iter = truncate``, and returns :math:`z^\top \partial F/\partial w` (Eq. 8).
       Memory is that of one step. On a converged trajectory TBPTT with ``K`` steps equals
       Neumann-RBP with ``K - 1`` terms after the first (Prop. 2).
+    * forward (``"forward"``): :func:`hypergrad.forward_grad`, the tangents
+      :math:`\mathrm{d}h_t/\mathrm{d}w` carried through all ``num_steps`` steps by
+      ``torch.func.jvp``: BPTT's gradient, with a memory that does not grow with ``T`` and a
+      cost that grows with the number of scalars in ``params``. ``step`` must compose with
+      ``torch.func`` (e.g. :meth:`hypergrad.InnerProblem.functional_step`) and be pure (a
+      time-varying map takes its per-step data from ``inputs``).
 
     Args:
         step: the map ``F(state, params) -> state`` on tuples of tensors. It is called in
@@ -287,6 +305,13 @@ def gradient(
         jvp: how CG-RBP forms :math:`J u` (``"double_vjp"`` or ``"forward"``).
         stop_on_growth: stop the Neumann series when a term grows. Used by ``"neumann"`` only.
         generator: random generator of ``init="uniform"``.
+        inputs: unrolled and forward families: an item per step, passed as
+            ``step(state, params, input_t)`` (e.g. the ``T`` minibatches of one inner run).
+        segment_of: unrolled and forward families: a schedule; every tensor of ``params`` has
+            a leading axis of segments and step ``t`` uses segment ``segment_of[t]``
+            (:func:`hypergrad.segment_index`); ``grads`` holds a gradient for every segment.
+        vectorize: ``"forward"`` only: ``None`` (vmap over the directions, a loop where vmap
+            fails), ``True`` or ``False`` (see :func:`hypergrad.forward_grad`).
 
     Returns:
         A :class:`GradResult` ``(grads, loss, state, aux, info)``. When :math:`h_T`, the loss
@@ -298,7 +323,8 @@ def gradient(
     Raises:
         ValueError: an unknown ``method`` (the message lists the names), a missing or bad
             ``truncate``, ``truncate > num_steps`` for TBPTT, ``blocks=True`` with a method
-            that is not stackable, or a ``loss_fn`` that does not return a scalar tensor.
+            that is not stackable, ``inputs``/``segment_of`` with an implicit method or with
+            ``run``, or a ``loss_fn`` that does not return a scalar tensor.
 
     Example:
         >>> import torch, hypergrad
@@ -318,6 +344,16 @@ def gradient(
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
     if run is not None and not callable(run):
         raise TypeError(f"run must be callable or None, got {type(run).__name__}")
+    scheduled = inputs is not None or segment_of is not None
+    if scheduled and m.family == "implicit":
+        raise ValueError(f"inputs and segment_of are taken by the unrolled and forward methods, not {method!r}")
+    if m.family == "forward":
+        return _forward(step, state, params, loss_fn, num_steps, has_aux,
+                        dict(inputs=inputs, segment_of=segment_of, vectorize=vectorize))
+    if scheduled:
+        if run is not None:
+            raise ValueError("run cannot be combined with inputs or segment_of (the step map counts its calls)")
+        step = scheduled_step(step, inputs=inputs, segment_of=segment_of)
     if m.family == "unrolled":
         return _unrolled(step, state, params, loss_fn, m, num_steps, truncate, run, has_aux)
     return _implicit(
@@ -349,6 +385,23 @@ def _unrolled(
         grads, (loss, h_t, aux) = unrolled_grad(step, start, params, k, wrapped, has_aux=True)
     else:
         grads, (loss, h_t, aux) = unrolled_grad(step, state, params, num_steps, wrapped, truncate=k, has_aux=True)
+    return GradResult(grads, loss, h_t, aux, None)
+
+
+def _forward(
+    step: Callable[..., Tree | Tensor],
+    state: Tensor | Sequence[Tensor],
+    params: Tensor | Sequence[Tensor],
+    loss_fn: Callable[[Tree], Any],
+    num_steps: int,
+    has_aux: bool,
+    options: dict[str, Any],
+) -> GradResult:
+    def wrapped(s: Tree) -> tuple[Tensor, tuple[Tensor, Tree, Any]]:
+        loss, aux = _split_loss(loss_fn(s), has_aux)
+        return loss, (loss.detach(), tuple(t.detach() for t in s), aux)
+
+    grads, (loss, h_t, aux) = forward_grad(step, state, params, num_steps, wrapped, has_aux=True, **options)
     return GradResult(grads, loss, h_t, aux, None)
 
 

@@ -30,11 +30,10 @@ from torch import Tensor, nn
 
 from hypergrad.callbacks import Callback
 from hypergrad.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from hypergrad.config import DIVERGENCE_POLICIES, TuneConfig, tune_config
+from hypergrad.config import DIVERGENCE_POLICIES, TUNER_METHODS, TuneConfig, tune_config
 from hypergrad.divergence import DivergenceError
 from hypergrad.hyperparams import HyperSpec
 from hypergrad.inner import InnerProblem
-from hypergrad.methods import method_names
 from hypergrad.objective import MetaObjective
 from hypergrad.records import MetaStepRecord, TuneResult
 from hypergrad.strategies import SearchState, Strategy, get_strategy
@@ -70,8 +69,8 @@ class TuneError(RuntimeError):
         self.result, self.step, self.checkpoint = result, step, checkpoint
 
 
-#: The hypergradient methods' names (:func:`hypergrad.methods.method_names`), kept for callers of the tuner.
-TUNE_METHODS = method_names()
+#: The hypergradient methods the Tuner runs (:data:`hypergrad.config.TUNER_METHODS`), kept for callers of the tuner.
+TUNE_METHODS = TUNER_METHODS
 
 
 class Tuner:

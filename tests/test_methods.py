@@ -40,17 +40,18 @@ def _h0(p):
 
 # --------------------------------------------------------------------------- the table
 def test_table_order_families_and_labels() -> None:
-    assert ALL == ["bptt", "tbptt", "rbp", "cg", "neumann", "gmres"]
+    assert ALL == ["bptt", "tbptt", "rbp", "cg", "neumann", "gmres", "forward"]
     assert method_names("unrolled") == ("bptt", "tbptt")
     assert method_names("implicit") == ("rbp", "cg", "neumann", "gmres")
+    assert method_names("forward") == ("forward",)
     assert method_names() == tuple(ALL)
     assert {m: METHODS[m].label for m in ALL} == {
         "bptt": "BPTT", "tbptt": "TBPTT", "rbp": "RBP", "cg": "CG-RBP", "neumann": "Neumann-RBP",
-        "gmres": "GMRES-RBP"}
+        "gmres": "GMRES-RBP", "forward": "Forward-mode"}
     for name, m in METHODS.items():
         assert m.name == name and m.summary and m.reference
-        assert m.uses_truncate == (name != "bptt")
-    assert [m for m in ALL if METHODS[m].needs_jvp] == ["cg"]
+        assert m.uses_truncate == (name not in ("bptt", "forward"))
+    assert [m for m in ALL if METHODS[m].needs_jvp] == ["cg", "forward"]
     assert "Algorithm 1" in METHODS["rbp"].reference and "Algorithm 2" in METHODS["neumann"].reference
     assert hypergrad.METHODS is METHODS and hypergrad.gradient is gradient
     with pytest.raises(TypeError):
@@ -64,7 +65,8 @@ def test_core_and_tuner_names_agree_with_the_table() -> None:
         "UNROLLED_METHODS": method_names("unrolled"),
         "IMPLICIT_METHODS": method_names("implicit"),
         "STACKABLE_METHODS": tuple(m for m in ALL if METHODS[m].stackable),
-        "TUNE_METHODS": method_names(),
+        "TUNE_METHODS": method_names("unrolled") + method_names("implicit"),  # forward: not in the Tuner yet
+        "TUNER_METHODS": method_names("unrolled") + method_names("implicit"),
     }
     modules = [tuner, config]
     with contextlib.suppress(ImportError):
@@ -100,7 +102,7 @@ def test_rows_say_what_the_core_does(name: str, problem) -> None:
 def test_get_method_and_method_names_reject_bad_names() -> None:
     assert get_method("neumann") is METHODS["neumann"]
     for bad in ("cg_rbp", "Neumann", "", None, 3):
-        with pytest.raises(ValueError, match="bptt, tbptt, rbp, cg, neumann, gmres"):
+        with pytest.raises(ValueError, match="bptt, tbptt, rbp, cg, neumann, gmres, forward"):
             get_method(bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="family"):
         method_names("explicit")  # type: ignore[arg-type]
@@ -145,6 +147,9 @@ def test_gradient_equals_the_direct_call(name: str, problem) -> None:
     assert torch.equal(got.loss, p.loss(h_t)) and not got.loss.requires_grad and got.aux is None
     if METHODS[name].family == "unrolled":
         want = hypergrad.unrolled_grad(p.step, h0, p.params, T, p.loss, truncate=K if name == "tbptt" else None)
+        assert got.info is None
+    elif METHODS[name].family == "forward":
+        want = hypergrad.forward_grad(p.step, h0, p.params, T, p.loss)
         assert got.info is None
     else:
         kw = {"init": "uniform", "generator": torch.Generator().manual_seed(5)} if name == "rbp" else {}
