@@ -188,7 +188,7 @@ JSON, depend on the load of the shared {data['machine']['cpu_count']}-core machi
 start): compare them within the table, not with other pages. MiB is the memory growth. The grid
 took {_minutes(data)}.
 
-**Command.** `{data['command']}`
+**Command.** `{data['command']}` (every row, wall times included: [forward.json](forward.json))
 
 {table}
 {skipped}

@@ -275,8 +275,8 @@ def cmd_check_grad(args: argparse.Namespace) -> int:
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in methods:
-        if m not in method_names():
-            raise UsageError(f"unknown method {m!r} in --methods; expected some of {', '.join(method_names())}")
+        if m not in TUNER_METHODS:
+            raise UsageError(f"unknown method {m!r} in --methods; expected some of {', '.join(TUNER_METHODS)}")
     values = _collect(args)
     values.setdefault("method", "bptt")
     cfg, run = build_configs(values)

@@ -112,7 +112,7 @@ class TuneConfig:
     hyperparameters :math:`(\\log\\alpha, \\operatorname{logit}\\beta)`.
     """
 
-    method: str = _field("neumann", "hypergradient method", choices=method_names(), group="meta")
+    method: str = _field("neumann", "hypergradient method", choices=TUNER_METHODS, group="meta")
     inner_steps: int = _field(100, "T, inner SGD steps per meta step", minimum=1)
     truncate: int = _field(10, "K: TBPTT's truncation and the RBP solvers' iterations (Neumann: terms); "
                            "ignored by bptt", minimum=1)

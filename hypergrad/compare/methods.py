@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from hypergrad.baselines import SAMPLERS
-from hypergrad.config import STRATEGY_NAMES, method_names
+from hypergrad.config import STRATEGY_NAMES, TUNER_METHODS
 
 __all__ = ["DEFAULT_METHODS", "HYBRID_PREFIX", "STRATEGY_METHODS", "method_kind", "parse_methods"]
 
@@ -17,7 +17,7 @@ STRATEGY_METHODS = tuple(s for s in STRATEGY_NAMES if s != "gradient")
 
 def parse_methods(text: str) -> list[str]:
     """Split ``--methods`` and validate each: a gradient method, a sampler, ``tpe+<gradient method>`` or a strategy."""
-    gradient = method_names()
+    gradient = TUNER_METHODS
     methods = [m.strip().lower() for m in text.split(",") if m.strip()]
     if not methods:
         raise ValueError("--methods is empty")
@@ -42,7 +42,7 @@ def method_kind(method: str) -> Literal["gradient", "optuna", "hybrid", "strateg
     or ``"strategy"`` (``sign``, ``hybrid``, ``auto``: :data:`hypergrad.strategies.STRATEGIES`)."""
     if method in STRATEGY_METHODS:
         return "strategy"
-    if method in method_names():
+    if method in TUNER_METHODS:
         return "gradient"
     if method in SAMPLERS:
         return "optuna"
