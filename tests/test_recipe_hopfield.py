@@ -429,3 +429,21 @@ def test_cli_rejects_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
         with pytest.raises(SystemExit):
             run.main(old)  # the old flag names are gone
     capsys.readouterr()
+
+
+def test_resume_keeps_the_finished_cells_and_refuses_other_settings(
+        quick_results: tuple[dict, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, out_dir = quick_results
+    partial = json.loads((out_dir / "results.json").read_text())
+    partial["table"]["cells"]["rbp"]["10"]["recalls"] = [-1, -1]  # a marker no run writes
+    for m in ("tbptt", "cg"):
+        partial["table"]["cells"][m] = {}  # these cells were not finished
+    out = tmp_path / "resumed.json"
+    out.write_text(json.dumps(partial))
+    with pytest.raises(SystemExit) as exc:
+        run.main(["--quick", "--no-progress", "--lr", "0.01", "--out", str(out), "--resume"])
+    assert exc.value.code == 1 and "other settings (lr)" in capsys.readouterr().err
+    assert run.main(["--quick", "--no-progress", "--out", str(out), "--resume"]) == 0
+    cells = json.loads(out.read_text())["table"]["cells"]
+    assert cells["rbp"]["10"]["recalls"] == [-1, -1]  # kept, not run again
+    assert all(0 <= r <= 10 for m in ("tbptt", "cg") for r in cells[m]["10"]["recalls"])  # run now

@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corrupt", type=float, default=0.5, help="fraction of non-zero test pixels set to 0")
     p.add_argument("--figdir", type=Path, default=None, help="where to write the PNG figures (default: none)")
     p.add_argument("--fig-prefix", default="hopfield", help="file-name prefix of the figures")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the table cells already in --out (same settings) and run the others")
     p.add_argument("--profile-iterations", type=int, default=0,
                    help="time this many iterations per method, one trial and the stack of --seeds (0: no profile)")
     add_output_flags(p, out_default=Path("runs/hopfield.json"), out_help="results JSON",
@@ -194,23 +196,28 @@ def _recall_record(output: torch.Tensor, clean: torch.Tensor) -> dict[str, list[
 
 
 def run_table(images: torch.Tensor, args: argparse.Namespace, progress: bool,
-              on_cell: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+              on_cell: Callable[[dict[str, Any]], None] | None = None,
+              done: dict[str, Any] | None = None) -> dict[str, Any]:
     """Table A1: success rate per method and truncation (BPTT, which has no truncation, is left out).
 
     The trials of a cell (one per seed of ``args.seeds``) train together: ``A`` stacked along a
     leading axis, one batched program (see :mod:`recipes.hopfield.model`). Trial ``s`` starts
     from the ``A`` of seed ``s``; RBP's random starts come from one generator per cell (seed
     ``seeds[0]``). Success (the paper's code) is judged on the clean training loss of the first
-    and last iterations; recall on the images corrupted with seed ``--curve-seed``.
+    and last iterations; recall on the images corrupted with seed ``--curve-seed``. The cells of
+    ``done`` (an earlier table of the same configuration) are kept, not run again.
     """
     methods = [m for m in args.methods if get_method(m).uses_truncate]
     corrupted = corrupt(images, args.corrupt, generator=torch.Generator().manual_seed(args.curve_seed))
-    cells: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    cells: dict[str, dict[str, Any]] = {m: dict((done or {}).get(m, {})) for m in methods}  # method -> K -> trials
     table = {"truncations": args.truncate, "iterations": args.iterations, "seeds": args.seeds, "cells": cells}
     bar = tqdm(total=len(methods) * len(args.truncate) * args.iterations, desc="table", disable=not progress,
                file=sys.stderr)
-    for method in methods:
-        for k in args.truncate:
+    for k in args.truncate:  # row by row: an interrupted run keeps whole rows
+        for method in methods:
+            if str(k) in cells[method]:
+                bar.update(args.iterations)
+                continue
             net = _net(args, args.seeds)
             t0, c0 = time.perf_counter(), time.process_time()
             losses = _train(net, images, method, k, args, args.iterations,
@@ -458,13 +465,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["table"] = table
             save()
 
-        results["table"] = run_table(images, args, progress, on_cell=save_table)
+        results["table"] = run_table(images, args, progress, on_cell=save_table,
+                                     done=_resumed_cells(parser, args, config))
     if args.profile_iterations > 0:
         results["profile"] = run_profile(images, args)
     results["seconds"] = time.perf_counter() - t0
     save()
     print(f"wrote {args.out}")
     return _report(results, args)
+
+
+def _resumed_cells(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                   config: dict[str, Any]) -> dict[str, Any] | None:
+    """With ``--resume``: the table cells already in ``--out``, which must hold the same configuration."""
+    if not args.resume or not args.out.exists():
+        return None
+    try:
+        earlier = json.loads(args.out.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        parser.exit(1, f"error: cannot resume from {args.out}: {exc}\n")
+    same = {k: v for k, v in config.items() if k not in ("resume", "no_progress")}
+    old = {k: v for k, v in earlier.get("config", {}).items() if k not in ("resume", "no_progress")}
+    if old != same:
+        diff = sorted(k for k in same.keys() | old.keys() if same.get(k) != old.get(k))
+        parser.exit(1, f"error: --resume: {args.out} was written with other settings ({', '.join(diff)})\n")
+    return (earlier.get("table") or {}).get("cells")
 
 
 def _report(results: dict, args: argparse.Namespace) -> int:
