@@ -343,6 +343,9 @@ def test_success_table_counts_trials() -> None:
     results["table"]["cells"]["neumann"]["10"]["recalls"] = [3, 10]
     table = run.success_table(results, "recalls")
     assert "50% (2/4)" in table and "50% (1/2)" in table
+    results["table"]["cells"]["neumann"]["10"].update(initial=[0.2, 0.4, 0.5], final=[0.1, None, 0.25])
+    assert "0.50 (0.50–inf)" in run.success_table(results, "ratio")  # None: diverged
+    assert "| - |" in run.success_table(results, "ratio")  # rbp's cell has no losses
 
 
 def test_recall_finds_the_nearest_stored_image() -> None:

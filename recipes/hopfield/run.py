@@ -274,7 +274,8 @@ def _median(values: list[float]) -> float:
 
 def success_table(results: dict[str, Any], column: str = "success") -> str:
     """Markdown table per method (columns) and truncation (rows): the paper's success rate
-    (``column="success"``) or the share of trials that recall >= 9 of 10 digits (``"recalls"``)."""
+    (``column="success"``), the share of trials that recall >= 9 of 10 digits (``"recalls"``), or
+    the trials' final / initial training loss, median (min–max) (``"ratio"``)."""
     table = results.get("table")
     if not table:
         return "(no table in these results)"
@@ -285,6 +286,11 @@ def success_table(results: dict[str, Any], column: str = "success") -> str:
         row = []
         for m in methods:
             cell = table["cells"][m].get(str(k), {})
+            if column == "ratio":
+                ratios = [f / i if f is not None and i else math.inf
+                          for i, f in zip(cell.get("initial", []), cell.get("final", []))]
+                row.append(f"{_median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})" if ratios else "-")
+                continue
             hits = cell.get("success", []) if column == "success" else [r >= 9 for r in cell.get("recalls", [])]
             row.append(f"{100.0 * sum(hits) / len(hits):.0f}% ({sum(hits)}/{len(hits)})" if hits else "-")
         lines.append(f"| {k} | " + " | ".join(row) + " |")
@@ -503,6 +509,8 @@ def _report(results: dict, args: argparse.Namespace) -> int:
     print(success_table(results))
     print("trials that recall >= 9 of 10 digits:")
     print(success_table(results, "recalls"))
+    print("final / initial training loss, median (min-max) over the trials:")
+    print(success_table(results, "ratio"))
     print(profile_table(results))
     return 0
 
