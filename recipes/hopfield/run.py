@@ -456,6 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli = sys.argv[1:] if argv is None else list(argv)
     results = {"schema_version": SCHEMA_VERSION, "config": config,
                "command": "python -m recipes.hopfield.run " + " ".join(cli)}
+    done = _resumed_cells(parser, args, config)  # read before this run overwrites --out
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:
@@ -471,8 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["table"] = table
             save()
 
-        results["table"] = run_table(images, args, progress, on_cell=save_table,
-                                     done=_resumed_cells(parser, args, config))
+        results["table"] = run_table(images, args, progress, on_cell=save_table, done=done)
     if args.profile_iterations > 0:
         results["profile"] = run_profile(images, args)
     results["seconds"] = time.perf_counter() - t0
