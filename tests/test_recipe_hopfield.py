@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from recipes.hopfield.model import (
     hopfield_step,
     l1_loss,
     load_images,
+    recall,
     train_step_grad,
 )
 
@@ -168,7 +170,7 @@ def test_cg_rbp_matches_dense_implicit_gradient(jvp: str) -> None:
 
 def _grad_of_a(net: HopfieldNet, images: torch.Tensor, method: str, truncate: int) -> tuple[torch.Tensor, float, Any]:
     loss, info = train_step_grad(net, images, method, truncate, generator=torch.Generator().manual_seed(0))
-    return net.A.grad.clone(), loss, info
+    return net.A.grad.clone(), float(loss), info
 
 
 def test_methods_agree_with_bptt_at_a_converged_state() -> None:
@@ -279,7 +281,8 @@ def quick_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]
 def test_quick_run_writes_curves_and_success_rates(quick_results: tuple[dict, Path]) -> None:
     results, out_dir = quick_results
     assert results["schema_version"] == run.SCHEMA_VERSION
-    assert results["table"]["seeds"] == [1]  # --quick: the first of the default seeds 1-20
+    assert results["table"]["seeds"] == [1, 2]  # --quick: the first two of the default seeds 1-20
+    assert results["config"]["hidden"] == 64
     curves = results["curves"]["methods"]
     assert list(curves) == list(METHODS)
     for rec in curves.values():
@@ -287,16 +290,28 @@ def test_quick_run_writes_curves_and_success_rates(quick_results: tuple[dict, Pa
         assert all(v is not None and v > 0 for v in rec["train_loss"])
         assert rec["val_step"] == [0, 2]
         assert len(rec["val_loss"]) == 2
+        assert len(rec["val_recalls"]) == 2 and all(0 <= v <= 10 for v in rec["val_recalls"])
         assert len(rec["saturated"]) == 2 and all(0.0 <= v <= 1.0 for v in rec["saturated"])
     ret = results["curves"]["retrieval"]
     for key in ("clean", "corrupted", *METHODS):
         assert len(ret[key]) == 10 and all(len(s) == 784 for s in ret[key])
+    # The recalls agree with the stored answers: nearest digit and Hamming distance recomputed from the bits.
+    clean = torch.tensor([[float(c) for c in row] for row in ret["clean"]])
+    for key in ("corrupted", *METHODS):
+        answers = torch.tensor([[float(c) for c in row] for row in ret[key]])
+        ham = (answers[:, None] != clean[None]).sum(-1)
+        assert results["curves"]["recalls"][key]["hamming"] == ham.diagonal().tolist()
+        assert results["curves"]["recalls"][key]["nearest"] == ham.argmin(1).tolist()
     cells = results["table"]["cells"]
     assert set(cells) == {"tbptt", "rbp", "cg", "neumann"}
     for per_k in cells.values():
         cell = per_k["10"]
-        assert len(cell["success"]) == 1
-        assert cell["success"][0] == (cell["final"][0] < 0.5 * cell["initial"][0])
+        assert len(cell["success"]) == len(cell["recalls"]) == 2
+        assert cell["initial"][0] != cell["initial"][1]  # two trials, two initialisations
+        for i in range(2):
+            assert cell["success"][i] == (cell["final"][i] < 0.5 * cell["initial"][i])
+            assert 0 <= cell["recalls"][i] <= 10
+        assert cell["seconds_per_iteration"] > 0
     assert (out_dir / "hopfield_curves.png").stat().st_size > 0
     assert (out_dir / "hopfield_retrieval.png").stat().st_size > 0
 
@@ -324,6 +339,81 @@ def test_success_table_counts_trials() -> None:
     }}}
     table = run.success_table(results)
     assert "25% (1/4)" in table and "100% (2/2)" in table
+    results["table"]["cells"]["rbp"]["10"]["recalls"] = [10, 9, 8, 0]
+    results["table"]["cells"]["neumann"]["10"]["recalls"] = [3, 10]
+    table = run.success_table(results, "recalls")
+    assert "50% (2/4)" in table and "50% (1/2)" in table
+    results["table"]["cells"]["neumann"]["10"].update(initial=[0.2, 0.4, 0.5], final=[0.1, None, 0.25])
+    assert "0.50 (0.50–inf)" in run.success_table(results, "ratio")  # None: diverged
+    assert "| - |" in run.success_table(results, "ratio")  # rbp's cell has no losses
+
+
+def test_recall_finds_the_nearest_stored_image() -> None:
+    clean = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0], [1.0, 0.0, 1.0, 0.0]])
+    assert recall(clean, clean).recalled.all()  # a perfect memory
+    answers = torch.tensor([[0.9, 0.7, 0.1, -2.0],  # binarises to image 0
+                            [0.9, 0.2, 0.6, 0.0],  # image 2
+                            [0.0, 0.0, 0.0, 0.0]])  # distance 2 to each: the tie goes to image 0
+    rec = recall(answers, clean)
+    assert rec.nearest.tolist() == [0, 2, 0]
+    assert rec.distance.tolist() == [0, 2, 2]
+    assert rec.recalled.tolist() == [True, False, False]
+    stacked = recall(torch.stack([answers, clean]), clean)  # a leading axis of trials
+    assert stacked.recalled.sum(-1).tolist() == [1, 3]
+
+
+def test_batches_visit_every_image_once_per_epoch() -> None:
+    images = torch.arange(10.0)[:, None]
+    for size in (1, 5, 10):
+        seen = torch.cat(list(run._batches(images, size, 20 // size))).flatten()  # two epochs
+        assert sorted(seen[:10].tolist()) == list(range(10)) == sorted(seen[10:].tolist())
+    assert len(list(run._batches(images, 1, 3))) == 3
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "rbp"])
+def test_stacked_trials_train_as_separate_networks(method: str) -> None:
+    """Trials stacked along a leading axis (one batched program) = each trial trained alone: losses
+    and weights after three Adam steps. (RBP's random start z0 is drawn for the whole stack; its
+    stacked solve is checked from z0 = 0 in the next test.)"""
+    kw = {**SMALL, "init_scale": 0.3, "dtype": torch.float64, "readout_mode": "state"}
+    images = _binary_images(4, SMALL["n_obs"], seed=4)
+    args = argparse.Namespace(lr=0.01, batch_size=2)
+    seeds = [3, 7, 11]
+    stack = HopfieldNet.stack(seeds, **kw)
+    assert stack.trials == 3 and stack.initial_state(2)[0].shape == (3, 2, stack.n_free)
+
+    def train(net: HopfieldNet) -> list[torch.Tensor]:
+        return run._train(net, images, method, 4, args, 3, torch.Generator().manual_seed(0))
+
+    start = stack.A.detach().clone()
+    losses = torch.stack(train(stack))  # (iterations, trials)
+    assert not torch.equal(start, stack.A.detach())
+    for i, seed in enumerate(seeds):
+        one = HopfieldNet.create(generator=torch.Generator().manual_seed(seed), **kw)
+        assert torch.equal(one.A.detach(), start[i])  # the same start as the trial of this seed alone
+        alone = torch.stack(train(one))
+        torch.testing.assert_close(alone, losses[:, i], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(one.A.detach(), stack.A.detach()[i], rtol=1e-9, atol=1e-12, msg=method)
+
+
+def test_stacked_rbp_from_zero_start_solves_each_trial_alone() -> None:
+    kw = {**SMALL, "init_scale": 0.3, "dtype": torch.float64, "readout_mode": "state"}
+    images = _binary_images(2, SMALL["n_obs"], seed=5)
+    stack = HopfieldNet.stack([1, 2], **kw)
+
+    def grads(net: HopfieldNet) -> tuple[torch.Tensor, ...]:
+        w_ff, drive = net.params(images)
+        params = (w_ff.detach(), drive.detach())
+        res = hypergrad.gradient(net.step_fn(), net.initial_state(2), params,
+                                 lambda s: l1_loss(net.readout(s[0]), images) * (net.trials or 1),
+                                 method="rbp", num_steps=50, truncate=6, blocks=net.trials is not None)
+        return res.grads
+
+    g_stack = grads(stack)
+    for i, seed in enumerate([1, 2]):
+        g_one = grads(HopfieldNet.create(generator=torch.Generator().manual_seed(seed), **kw))
+        for a, b in zip(g_one, g_stack):
+            torch.testing.assert_close(a, b[i], rtol=1e-9, atol=1e-12)
 
 
 def test_cli_rejects_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
@@ -342,3 +432,21 @@ def test_cli_rejects_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
         with pytest.raises(SystemExit):
             run.main(old)  # the old flag names are gone
     capsys.readouterr()
+
+
+def test_resume_keeps_the_finished_cells_and_refuses_other_settings(
+        quick_results: tuple[dict, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, out_dir = quick_results
+    partial = json.loads((out_dir / "results.json").read_text())
+    partial["table"]["cells"]["rbp"]["10"]["recalls"] = [-1, -1]  # a marker no run writes
+    for m in ("tbptt", "cg"):
+        partial["table"]["cells"][m] = {}  # these cells were not finished
+    out = tmp_path / "resumed.json"
+    out.write_text(json.dumps(partial))
+    with pytest.raises(SystemExit) as exc:
+        run.main(["--quick", "--no-progress", "--lr", "0.01", "--out", str(out), "--resume"])
+    assert exc.value.code == 1 and "other settings (lr)" in capsys.readouterr().err
+    assert run.main(["--quick", "--no-progress", "--out", str(out), "--resume"]) == 0
+    cells = json.loads(out.read_text())["table"]["cells"]
+    assert cells["rbp"]["10"]["recalls"] == [-1, -1]  # kept, not run again
+    assert all(0 <= r <= 10 for m in ("tbptt", "cg") for r in cells[m]["10"]["recalls"])  # run now
