@@ -194,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
              if not a.startswith("--out") and not (i > 0 and given[i - 1] == "--out")]  # no machine paths
     command = " ".join(["python -m benchmarks.zoo", *flags])
     write_json(args.out, json_safe({"command": command, "settings": {k: str(v) for k, v in vars(args).items()
-                                                                      if k != "out"}, "models": results}))
+                                                                      if k != "out"}, "models": results}),
+               indent=None)  # every run's full compare document: one compact line
     text = page(results, args, command, seconds)
     args.out.with_suffix(".md").write_text(text, encoding="utf-8")
     print(scoreboard(results))

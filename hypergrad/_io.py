@@ -22,13 +22,13 @@ def json_safe(x: Any) -> Any:
     return x
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    """Write strict JSON atomically: a temporary file, fsync, then rename."""
+def write_json(path: str | Path, data: Any, *, indent: int | None = 2) -> None:
+    """Write strict JSON atomically: a temporary file, fsync, then rename (``indent=None``: one compact line)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, allow_nan=False)
+        json.dump(data, f, indent=indent, allow_nan=False)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
