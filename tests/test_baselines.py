@@ -159,7 +159,7 @@ def test_diverging_hparams_report_the_finite_fail_value():
     with torch.no_grad():
         w0_loss = float(meta.meta_loss(meta.problem.w0))
     assert objective.fail_value == pytest.approx(2 * w0_loss)
-    huge = {k: (1e6 if k.startswith("lr") else 0.0) for k in PARAMS}
+    huge = {k: (1e6 if k.startswith("alpha") else 0.0) for k in PARAMS}
     trial = optuna.trial.FixedTrial(huge, number=0)
     assert objective(trial) == objective.fail_value
     raw = trial.user_attrs["meta_loss"]
