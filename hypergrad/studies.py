@@ -102,7 +102,8 @@ class StudyRecorder(Callback):
     Args:
         study: an ``optuna.Study`` (e.g. from :func:`hypergrad.baselines.create_or_load_study`).
         space: the search space whose distributions the trials get (default :class:`SearchSpace`).
-        method: the ``method`` user attribute (default: the run's ``config.method``).
+        method: the ``method`` user attribute (default: the hypergradient method the strategy chose,
+            e.g. ``bptt`` for ``sign``/``hybrid``, else the run's ``config.method``).
 
     A meta step already recorded (same ``method`` and ``step``, e.g. a resumed comparison) is
     not added twice. A step whose meta loss is not finite becomes a ``FAIL`` trial.
@@ -118,7 +119,8 @@ class StudyRecorder(Callback):
     def on_meta_step(self, tuner: TuningRun, record: MetaStepRecord) -> None:
         optuna = _optuna()
         spec: HyperSpec = tuner.spec  # type: ignore[attr-defined]
-        method = self.method or tuner.config.method
+        estimator = getattr(getattr(tuner, "state", None), "estimator", None)  # sign/hybrid: the method they chose
+        method = self.method or getattr(estimator, "method", None) or tuner.config.method
         if (method, record.step) in self._seen:
             return
         params, exact, clipped = study_params(spec, record.hyperparameters, self.space)
