@@ -126,8 +126,9 @@ class SearchSpace:
 def to_hparams(spec: HyperSpec, params: dict[str, float], dtype: torch.dtype = torch.float32) -> tuple[Tensor, ...]:
     """Optuna's ``{"lr:<group>": alpha, "momentum:<group>": beta}`` as the tuner's unconstrained hparams.
 
-    Returns ``(log_lr_0..log_lr_G-1, logit_mom_0..logit_mom_G-1)`` (0-dim tensors), the
-    layout of :meth:`HyperSpec.init`.
+    Returns ``(log_lr_0..log_lr_G-1, logit_mom_0..logit_mom_G-1)`` (0-dim tensors; for a
+    schedule, ``spec.segments > 1``, each repeated over the segments), the layout of
+    :meth:`HyperSpec.init`.
     """
     missing = [k for g in spec.groups for k in (f"lr:{g}", f"momentum:{g}") if k not in params]
     if missing:
@@ -144,6 +145,8 @@ def to_hparams(spec: HyperSpec, params: dict[str, float], dtype: torch.dtype = t
         m = min(max(mom, _MOMENTUM_EPS), 1.0 - _MOMENTUM_EPS)
         log_lr.append(torch.tensor(math.log(lr), dtype=dtype))
         logit_m.append(torch.tensor(math.log(m / (1.0 - m)), dtype=dtype))
+    if spec.segments > 1:  # a schedule: the same values in every segment
+        return tuple(t.expand(spec.segments).clone() for t in log_lr + logit_m)
     return tuple(log_lr) + tuple(logit_m)
 
 
