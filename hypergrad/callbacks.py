@@ -280,14 +280,16 @@ class ProgressBar(Callback):
     def __init__(self, *, disable: bool | None = None, desc: str = "meta steps", total: int | None = None) -> None:
         self.disable = disable
         self.desc = desc
-        self.total = total  # default: config.meta_steps (a warm-started run counts from its first step)
+        self.total = total  # default: config.budget, else meta_steps (a warm-started run counts from its first step)
         self.bar: Any = None
 
     def on_start(self, tuner: TuningRun) -> None:
         from tqdm.auto import tqdm
 
+        cfg = tuner.config
+        default = cfg.budget if cfg.budget is not None else cfg.meta_steps  # the strategies' budget
         self.bar = tqdm(
-            total=self.total if self.total is not None else tuner.config.meta_steps, initial=tuner.step_count,
+            total=self.total if self.total is not None else default, initial=tuner.step_count,
             desc=self.desc, disable=self.disable,
             dynamic_ncols=True,
         )
