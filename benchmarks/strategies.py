@@ -30,12 +30,14 @@ import torch
 
 
 def retrain(problem: Any, split: Any, hparams: Any, cfg: Any, orders: int) -> list[float]:
+    """Retrained validation losses on ``orders`` fresh batch orders; a schedule is followed step by step."""
     from hypergrad.compare import sgd_evaluate
 
+    spec = problem.spec if cfg.segments == 1 else problem.spec.with_segments(cfg.segments)
     out = []
     for i in range(orders):
         batches = problem.schedule(cfg.inner_steps, 1001 + i, batch_size=cfg.batch_size)
-        v = sgd_evaluate(problem, split, problem.spec, hparams, batches)["val_loss"]
+        v = sgd_evaluate(problem, spec, hparams, batches)["val_loss"]
         out.append(v if v is not None and math.isfinite(v) else 10.0)
     return out
 
@@ -48,6 +50,11 @@ def _variants() -> dict[str, Any]:
 
 
 VARIANTS = ("sign-irprop", "sign-top4")
+#: The default strategy (``auto``) with another config: forward-mode hypergradients (``auto-forward``;
+#: below the sign rule's minimum budget, Adam on them), or a schedule of 3 segments by BPTT
+#: (forward mode where BPTT's graph does not fit).
+AUTO_VARIANTS: dict[str, dict[str, Any]] = {"auto-forward": {"method": "forward"},
+                                            "auto-schedule3": {"segments": 3, "method": "bptt"}}
 
 
 def _run_variant(problem: Any, cfg: Any, method: str, budget: int) -> Any:
@@ -73,11 +80,13 @@ def run_cell(run: Any, cfg: Any, method: str, budget: int, seed: int, orders: in
     from hypergrad.compare import OptunaSettings, method_kind, run_gradient, run_optuna, run_strategy
     from hypergrad.workloads import build_problem, load_split
 
-    scfg = dataclasses.replace(cfg, seed=seed)
+    scfg = dataclasses.replace(cfg, seed=seed, **AUTO_VARIANTS.get(method, {}))
     problem, split = build_problem(run, scfg, load_split(run, seed))
     t0 = time.perf_counter()
-    kind = method_kind(method) if method not in VARIANTS else "variant"
-    if kind == "variant":
+    kind = "variant" if method in VARIANTS or method in AUTO_VARIANTS else method_kind(method)
+    if method in AUTO_VARIANTS:
+        trace = run_strategy(problem, scfg, "auto", budget)
+    elif kind == "variant":
         trace = _run_variant(problem, scfg, method, budget)
     elif kind == "strategy":
         trace = run_strategy(problem, scfg, method, budget)
@@ -90,7 +99,7 @@ def run_cell(run: Any, cfg: Any, method: str, budget: int, seed: int, orders: in
     return {"method": method, "budget": budget, "seed": seed, "seconds": seconds, "retrained": scores,
             "score": statistics.fmean(scores), "inner_trainings": trace.cost[-1],
             "best_meta_loss": min((v for v in trace.meta_loss if v is not None), default=None),
-            "best_hyperparameters": problem.spec.describe(trace.best),
+            "best_hyperparameters": problem.spec.with_segments(scfg.segments).describe(trace.best),
             "info": {k: v for k, v in trace.info.items()}}
 
 
@@ -107,9 +116,9 @@ def table(cells: list[dict[str, Any]]) -> str:
                 row.append("")
                 continue
             s = [c["score"] for c in cs]
-            sd = statistics.stdev(s) if len(s) > 1 else 0.0
+            spread = f" ± {statistics.stdev(s):.4f}" if len(s) > 1 else ""  # one seed: no spread measured
             sec = statistics.fmean(c["seconds"] for c in cs)
-            row.append(f"{statistics.fmean(s):.4f} ± {sd:.4f} ({sec:.0f} s)")
+            row.append(f"{statistics.fmean(s):.4f}{spread} ({sec:.0f} s)")
         lines.append(f"| {m} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 

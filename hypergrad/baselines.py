@@ -136,8 +136,9 @@ def _legacy(params: dict[str, float]) -> dict[str, float]:
 def to_hparams(spec: HyperSpec, params: dict[str, float], dtype: torch.dtype = torch.float32) -> tuple[Tensor, ...]:
     """Optuna's ``{"alpha:<group>": alpha, "momentum:<group>": beta}`` as the tuner's unconstrained hparams.
 
-    Returns ``(log_lr_0..log_lr_G-1, logit_mom_0..logit_mom_G-1)`` (0-dim tensors), the
-    layout of :meth:`HyperSpec.init`. Params holding ``lr:<group>`` and no ``alpha:`` name
+    Returns ``(log_lr_0..log_lr_G-1, logit_mom_0..logit_mom_G-1)`` (0-dim tensors; for a
+    schedule, ``spec.segments > 1``, each repeated over the segments), the layout of
+    :meth:`HyperSpec.init`. Params holding ``lr:<group>`` and no ``alpha:`` name
     (studies stored before ``lr`` came to mean the SGD learning rate everywhere) are read with
     ``lr:<group>`` as :math:`\\alpha`, the meaning they were written with.
     """
@@ -157,6 +158,8 @@ def to_hparams(spec: HyperSpec, params: dict[str, float], dtype: torch.dtype = t
         m = min(max(mom, _MOMENTUM_EPS), 1.0 - _MOMENTUM_EPS)
         log_lr.append(torch.tensor(math.log(lr), dtype=dtype))
         logit_m.append(torch.tensor(math.log(m / (1.0 - m)), dtype=dtype))
+    if spec.segments > 1:  # a schedule: the same values in every segment
+        return tuple(t.expand(spec.segments).clone() for t in log_lr + logit_m)
     return tuple(log_lr) + tuple(logit_m)
 
 

@@ -174,6 +174,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
         parallel.barrier()  # every rank checks the folder before rank 0 writes to it
     from hypergrad.study_runs import plan_from_args
 
+    if (args.from_study or args.storage) and cfg.segments > 1:
+        raise UsageError(f"--from-study and --storage cannot hold a schedule (--segments {cfg.segments}): an Optuna "
+                         "trial holds one value per hyperparameter")
     plan = plan_from_args(args, cfg, state.get("study") if state is not None else None)
     study = plan.open(cfg, run, create=plan.mode == "shared") if plan is not None else None
     problem, split = build_problem(run, cfg, parallel=parallel)
@@ -216,7 +219,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"data-parallel over {parallel.world_size} processes (torch.distributed)", file=sys.stderr)
     if main_rank:
         print(
-            f"tuning {cfg.per} learning rates and momenta ({problem.spec.num_hyperparameters} hyperparameters) "
+            f"tuning {cfg.per} learning rates and momenta{_schedule_words(cfg)} ({tuner.spec.num_hyperparameters} "
+            f"hyperparameters) "
             f"of an MLP {split.num_features}-{'-'.join(map(str, run.hidden))}-{split.num_classes} on {run.dataset} "
             f"with {_describe_strategy(cfg)} (T={cfg.inner_steps}, K={cfg.truncate}, M={cfg.hyper_batches}, "
             f"N={cfg.meta_steps if cfg.budget is None else cfg.budget})",
@@ -257,7 +261,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
               f"hypergradient: {result.info['estimator']['reason']}")
     if "test_accuracy" in ev["initial"]:
         print(f"test accuracy:   {ev['initial']['test_accuracy']:.4f} -> {ev['best']['test_accuracy']:.4f}")
-    if problem.spec.per != "element":
+    if problem.spec.per != "element" and result.spec.segments > 1:
+        _print_schedule(result)
+    elif problem.spec.per != "element":
         print("torch.optim.SGD param groups (lr = alpha*(1-beta), momentum = beta, dampening = 0):")
         groups = result.param_groups()
         lr_fmt = column_format([g["lr"] for g in groups])
@@ -269,6 +275,27 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if logdir is not None:
         print(f"TensorBoard: tensorboard --logdir {logdir}")
     return code
+
+
+def _schedule_words(cfg: TuneConfig) -> str:
+    return f" as a schedule of {cfg.segments} segments" if cfg.segments > 1 else ""
+
+
+def _print_schedule(result: Any) -> None:
+    """The tuned schedule: per tensor, the SGD lr and momentum of each segment (steps a-b)."""
+    from hypergrad.hyperparams import segment_bounds
+
+    bounds = segment_bounds(result.config.inner_steps, result.spec.segments)
+    print(f"schedule of {len(bounds)} segments, inner steps "
+          + ", ".join(f"{a}-{b - 1}" for a, b in bounds)
+          + " (lr = alpha*(1-beta) for torch.optim.SGD, dampening = 0; export: result.scheduler(optimizer)):")
+    described = result.hyperparameters
+    lr_fmt = column_format([x for d in described.values() for x in d["lr"]])
+    width = max(len(name) for name in described)
+    for name, d in described.items():
+        lrs = " ".join(f"{x:{lr_fmt}}" for x in d["lr"])
+        moms = " ".join(f"{x:.4f}" for x in d["momentum"])
+        print(f"  {name:<{width}}  lr=[{lrs}]  momentum=[{moms}]")
 
 
 # ---------------------------------------------------------------------- check-grad

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from hypergrad.hyperparams import GRANULARITIES
-from hypergrad.methods import method_names
+from hypergrad.methods import get_method, method_names
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -66,7 +66,7 @@ DIVERGENCE_POLICIES = ("backoff", "skip", "clip", "fallback", "stop")
 STRATEGY_NAMES = ("auto", "gradient", "sign", "hybrid")
 DATASETS = ("digits", "mnist")
 #: The methods the Tuner runs: forward mode is in the core only until the Tuner takes it (issue 15).
-TUNER_METHODS = method_names("unrolled") + method_names("implicit")
+TUNER_METHODS = method_names("unrolled") + method_names("implicit") + method_names("forward")
 
 
 class ConfigError(ValueError):
@@ -118,6 +118,9 @@ class TuneConfig:
                            "ignored by bptt", minimum=1)
     meta_steps: int = _field(50, "N, meta steps", minimum=1, group="meta")
     hyper_batches: int = _field(4, "M, minibatches the RBP hypergradient is averaged over", minimum=1)
+    segments: int = _field(1, "S, piecewise-constant values of every hyperparameter over the T inner steps "
+                           "(a schedule; 1: constant); S > 1 needs an unrolled or forward hypergradient "
+                           "(bptt, tbptt or forward)", minimum=1)
     meta_lr: float = _field(0.05, "Adam's learning rate on the unconstrained hyperparameters", positive=True,
                             group="meta")
     per: str = _field("tensor", "hyperparameter granularity", choices=GRANULARITIES)
@@ -171,6 +174,14 @@ class TuneConfig:
             raise ConfigError(
                 f"method={self.method!r} is not supported by the Tuner yet (it runs {', '.join(TUNER_METHODS)}); "
                 f"compute a {self.method} hypergradient with hypergrad.gradient(..., method={self.method!r})"
+            )
+        if self.segments > self.inner_steps:
+            raise ConfigError(f"segments ({self.segments}) must not exceed inner_steps ({self.inner_steps}): "
+                              "every segment needs at least one inner step")
+        if self.segments > 1 and self.strategy == "gradient" and get_method(self.method).family == "implicit":
+            raise ConfigError(
+                f"segments={self.segments} (a schedule) needs method bptt, tbptt or forward with the gradient "
+                f"strategy; {self.method} differentiates at the last state only and sees no segment but the last"
             )
         if self.method == "tbptt" and self.truncate > self.inner_steps:
             raise ConfigError(
