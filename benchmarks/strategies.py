@@ -123,6 +123,36 @@ def table(cells: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(cells: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Anytime curves: the retrained validation loss (mean ± std over seeds) against the budget and the seconds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for method in dict.fromkeys(c["method"] for c in cells):
+        budgets = sorted({c["budget"] for c in cells if c["method"] == method})
+        rows = [[c for c in cells if c["method"] == method and c["budget"] == b] for b in budgets]
+        mean = [statistics.fmean(c["score"] for c in r) for r in rows]
+        std = [statistics.stdev([c["score"] for c in r]) if len(r) > 1 else 0.0 for r in rows]
+        secs = [statistics.fmean(c["seconds"] for c in r) for r in rows]
+        for ax, x in zip(axes, (budgets, secs)):
+            ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=method)
+    axes[0].set_xlabel("budget (inner trainings of T steps)")
+    axes[1].set_xlabel("wall seconds of the search (mean over seeds)")
+    axes[0].set_ylabel("validation loss, SGD retrained on fresh orders")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     from hypergrad.config import RunConfig, TuneConfig
 
@@ -137,9 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--orders", type=int, default=3, help="fresh batch orders of the retraining")
     p.add_argument("--out", required=True)
     p.add_argument("--table", action="store_true", help="print the table of --out and exit")
+    p.add_argument("--plot", type=Path, default=None, help="with --table: also draw the anytime curves to this PNG")
     args = p.parse_args(argv)
     if args.table:
-        print(table(json.loads(Path(args.out).read_text())["cells"]))
+        doc = json.loads(Path(args.out).read_text())
+        print(table(doc["cells"]))
+        if args.plot is not None:
+            plot(doc["cells"], args.plot, f"{doc['dataset']}, T = {doc['inner_steps']}")
         return 0
     torch.set_num_threads(1)
     import optuna
