@@ -168,7 +168,7 @@ class TuneConfig:
     global_trials: int | None = _field(
         None, "hybrid: TPE trials of the global phase", minimum=1, none="0.3 x budget", group="meta")
     online_period: int = _field(
-        10, "online: P, inner steps between two meta steps of the one run (--inner-steps must be a multiple)",
+        20, "online: P, inner steps between two meta steps of the one run (--inner-steps must be a multiple)",
         minimum=1, group="meta")
 
     def __post_init__(self) -> None:

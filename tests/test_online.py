@@ -64,6 +64,11 @@ def test_the_exported_schedule_reproduces_the_runs_weights_with_torch_sgd():
     replay = sgd_replay(problem, result, tuner.objective.batches(RUN_SALT))
     for a, b in zip(replay, result.weights):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # the retraining of hypergrad.compare steps the schedule the same way
+    from hypergrad.compare import sgd_evaluate
+
+    again = sgd_evaluate(problem, result.schedule_spec, result.schedule, tuner.objective.batches(RUN_SALT))
+    assert again["val_loss"] == pytest.approx(result.evaluation["final"]["val_loss"], rel=1e-9)
     # the final values are the last period's; the constant export carries them
     assert all(torch.equal(f, h[-1]) for f, h in zip(result.final, result.schedule))
     assert all(torch.equal(f, b) for f, b in zip(result.final, result.best))

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from hypergrad.config import TuneConfig
-from hypergrad.hyperparams import HyperSpec, to_sgd_param_groups
+from hypergrad.hyperparams import HyperSpec, SGDSchedule, to_sgd_param_groups
 from hypergrad.inner import InnerProblem
 
 __all__ = ["RETRAIN_ORDERS", "RETRAIN_SEED_BASE", "mean_std", "retrain_seeds", "sgd_evaluate", "sgd_retrain"]
@@ -77,16 +77,22 @@ def sgd_evaluate(
     :meth:`~hypergrad.inner.InnerProblem.schedule`) and reports ``val_loss`` and, with
     ``test_data``, ``test_loss``, each with the problem's metric beside it (``val_accuracy``,
     ``test_<metric>``: :meth:`InnerProblem.evaluate`); ``None`` where non-finite. Never
-    raises on a regression or on a blown-up run.
+    raises on a regression or on a blown-up run. A schedule (``spec.segments > 1``, e.g. an
+    online run's :attr:`~hypergrad.records.TuneResult.schedule` with its ``schedule_spec``)
+    is stepped by :class:`~hypergrad.hyperparams.SGDSchedule` over the batches.
     """
     model = problem.fresh_model()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(to_sgd_param_groups(spec, hparams, params))
+    batches = batches if spec.segments == 1 else list(batches)
+    schedule = SGDSchedule(opt, spec, hparams, num_steps=len(batches)) if spec.segments > 1 else None
     for x, y in batches:
         opt.zero_grad(set_to_none=True)
         loss = problem.loss_fn(model(*x) if isinstance(x, tuple) else model(x), y)
         loss.backward()
         opt.step()
+        if schedule is not None:
+            schedule.step()
     weights = [p.detach() for p in params]
     out: dict[str, float | None] = {}
     for split, data in (("val", "val"), ("test", test_data)):
