@@ -34,13 +34,17 @@ import torch
 
 
 def retrain(problem: Any, hparams: Any, cfg: Any, orders: int, spec: Any = None) -> list[float]:
-    """Retrained validation losses on ``orders`` fresh batch orders (``spec``: a schedule's layout)."""
+    """Retrained validation losses on ``orders`` fresh batch orders; a schedule is followed step by step.
+
+    ``spec``: the layout of ``hparams`` (default: the problem's with ``cfg.segments``; an online
+    run's ``schedule_spec``)."""
     from hypergrad.compare import sgd_evaluate
 
+    spec = spec if spec is not None else problem.spec.with_segments(cfg.segments)
     out = []
     for i in range(orders):
         batches = problem.schedule(cfg.inner_steps, 1001 + i, batch_size=cfg.batch_size)
-        v = sgd_evaluate(problem, spec or problem.spec, hparams, batches)["val_loss"]
+        v = sgd_evaluate(problem, spec, hparams, batches)["val_loss"]
         out.append(v if v is not None and math.isfinite(v) else 10.0)
     return out
 
@@ -68,6 +72,11 @@ def _variants() -> dict[str, Any]:
 
 
 VARIANTS = ("sign-irprop", "sign-top4")
+#: The default strategy (``auto``) with another config: forward-mode hypergradients (``auto-forward``;
+#: below the sign rule's minimum budget, Adam on them), or a schedule of 3 segments by BPTT
+#: (forward mode where BPTT's graph does not fit).
+AUTO_VARIANTS: dict[str, dict[str, Any]] = {"auto-forward": {"method": "forward"},
+                                            "auto-schedule3": {"segments": 3, "method": "bptt"}}
 
 
 def _run_variant(problem: Any, cfg: Any, method: str, budget: int) -> Any:
@@ -91,10 +100,11 @@ def run_cell(run: Any, cfg: Any, method: str, budget: int, seed: int, orders: in
     from hypergrad.compare import OptunaSettings, method_kind, run_gradient, run_optuna, run_strategy
     from hypergrad.workloads import build_problem, load_split
 
-    scfg = dataclasses.replace(cfg, seed=seed)
+    scfg = dataclasses.replace(cfg, seed=seed, **AUTO_VARIANTS.get(method, {}))
     problem, _ = build_problem(run, scfg, load_split(run, seed))
     t0 = time.perf_counter()
-    kind = "online" if method.startswith("online") else method_kind(method) if method not in VARIANTS else "variant"
+    kind = "variant" if method in VARIANTS or method in AUTO_VARIANTS else method_kind(method)
+    kind = "online" if method.startswith("online") else kind
     extra: dict[str, Any] = {}
     if method == "initial":  # the configured start, untuned: the floor every method should beat
         from hypergrad.compare import Trace
@@ -109,6 +119,8 @@ def run_cell(run: Any, cfg: Any, method: str, budget: int, seed: int, orders: in
         trace, result = _run_online(problem, scfg, int(method.split("-")[1]) if "-" in method else scfg.online_period)
         extra["retrained_final"] = retrain(problem, result.final, scfg, orders)
         scores = retrain(problem, result.schedule, scfg, orders, result.schedule_spec)
+    elif method in AUTO_VARIANTS:
+        trace = run_strategy(problem, scfg, "auto", budget)
     elif kind == "variant":
         trace = _run_variant(problem, scfg, method, budget)
     elif kind == "strategy":
@@ -126,7 +138,7 @@ def run_cell(run: Any, cfg: Any, method: str, budget: int, seed: int, orders: in
     return {"method": method, "budget": budget, "seed": seed, "seconds": seconds, "retrained": scores, **extra,
             "score": statistics.fmean(scores), "inner_trainings": trace.cost[-1],
             "best_meta_loss": min((v for v in trace.meta_loss if v is not None), default=None),
-            "best_hyperparameters": problem.spec.describe(trace.best),
+            "best_hyperparameters": problem.spec.with_segments(scfg.segments).describe(trace.best),
             "info": {k: v for k, v in trace.info.items()}}
 
 
@@ -143,9 +155,9 @@ def table(cells: list[dict[str, Any]]) -> str:
                 row.append("")
                 continue
             s = [c["score"] for c in cs]
-            sd = statistics.stdev(s) if len(s) > 1 else 0.0
+            spread = f" ± {statistics.stdev(s):.4f}" if len(s) > 1 else ""  # one seed: no spread measured
             sec = statistics.fmean(c["seconds"] for c in cs)
-            row.append(f"{statistics.fmean(s):.4f} ± {sd:.4f} ({sec:.0f} s)")
+            row.append(f"{statistics.fmean(s):.4f}{spread} ({sec:.0f} s)")
         lines.append(f"| {m} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from hypergrad.hyperparams import GRANULARITIES
-from hypergrad.methods import method_names
+from hypergrad.methods import get_method, method_names
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -67,7 +67,7 @@ DIVERGENCE_POLICIES = ("backoff", "skip", "clip", "fallback", "stop")
 STRATEGY_NAMES = ("auto", "gradient", "sign", "hybrid", "online")
 DATASETS = ("digits", "mnist")
 #: The methods the Tuner runs: forward mode is in the core only until the Tuner takes it (issue 15).
-TUNER_METHODS = method_names("unrolled") + method_names("implicit")
+TUNER_METHODS = method_names("unrolled") + method_names("implicit") + method_names("forward")
 
 
 class ConfigError(ValueError):
@@ -119,6 +119,9 @@ class TuneConfig:
                            "ignored by bptt", minimum=1)
     meta_steps: int = _field(50, "N, meta steps", minimum=1, group="meta")
     hyper_batches: int = _field(4, "M, minibatches the RBP hypergradient is averaged over", minimum=1)
+    segments: int = _field(1, "S, piecewise-constant values of every hyperparameter over the T inner steps "
+                           "(a schedule; 1: constant); S > 1 needs an unrolled or forward hypergradient "
+                           "(bptt, tbptt or forward)", minimum=1)
     meta_lr: float = _field(0.05, "Adam's learning rate on the unconstrained hyperparameters", positive=True,
                             group="meta")
     per: str = _field("tensor", "hyperparameter granularity", choices=GRANULARITIES)
@@ -180,6 +183,14 @@ class TuneConfig:
             )
         if self.strategy == "online":
             check_online(self)
+        if self.segments > self.inner_steps:
+            raise ConfigError(f"segments ({self.segments}) must not exceed inner_steps ({self.inner_steps}): "
+                              "every segment needs at least one inner step")
+        if self.segments > 1 and self.strategy == "gradient" and get_method(self.method).family == "implicit":
+            raise ConfigError(
+                f"segments={self.segments} (a schedule) needs method bptt, tbptt or forward with the gradient "
+                f"strategy; {self.method} differentiates at the last state only and sees no segment but the last"
+            )
         if self.method == "tbptt" and self.truncate > self.inner_steps:
             raise ConfigError(
                 f"truncate ({self.truncate}) must not exceed inner_steps ({self.inner_steps}) for tbptt"
@@ -197,6 +208,9 @@ def check_online(config: TuneConfig) -> None:
     if t % p:
         raise ConfigError(f"inner_steps ({t}) must be a multiple of online_period ({p}) for the online strategy "
                           f"(one hyperparameter segment per period), e.g. inner_steps={t - t % p or p}")
+    if config.segments != 1:
+        raise ConfigError(f"segments={config.segments} is not used by the online strategy: its schedule is its "
+                          "trajectory, one segment per online_period; leave segments at 1")
     if config.budget is not None:
         raise ConfigError(f"budget={config.budget} is not used by the online strategy: it runs ONE training of "
                           "inner_steps steps; set inner_steps (and online_period) instead")

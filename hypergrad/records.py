@@ -18,10 +18,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from hypergrad.config import TuneConfig
-from hypergrad.hyperparams import HyperSpec, to_sgd_param_groups
+from hypergrad.hyperparams import HyperSpec, SGDSchedule, segment_bounds, to_sgd_param_groups
 
 __all__ = ["HypergradResult", "MetaStepRecord", "SolverStats", "TuneResult", "finite_or_none"]
 
@@ -263,8 +264,27 @@ class TuneResult:
             params = model_or_params
         return to_sgd_param_groups(self.spec, self.best, params)
 
+    def scheduler(self, optimizer: torch.optim.Optimizer) -> SGDSchedule:
+        """The best schedule as a ``torch.optim`` scheduler for ``optimizer = SGD(result.param_groups(model))``.
+
+        Step it once after every ``optimizer.step()``: it sets each group's ``lr`` and
+        ``momentum`` for the next of the ``T = config.inner_steps`` steps, so that SGD takes the
+        inner loop's steps (:class:`~hypergrad.hyperparams.SGDSchedule`). With one segment the
+        values are constant and the scheduler changes nothing.
+        """
+        return SGDSchedule(optimizer, self.spec, self.best, num_steps=self.config.inner_steps)
+
     def to_json(self) -> dict[str, Any]:
         groups = self.param_groups() if self.spec.per != "element" else []
+        schedule = {}
+        if self.spec.segments > 1:
+            bounds = segment_bounds(self.config.inner_steps, self.spec.segments)
+            schedule = {"schedule": {"segments": self.spec.segments, "steps": [list(b) for b in bounds]}}
+        elif self.schedule is not None and self.schedule_spec is not None:  # an online run's trajectory
+            segments = self.schedule_spec.segments
+            bounds = segment_bounds(self.config.inner_steps, segments)
+            schedule = {"schedule": {"segments": segments, "steps": [list(b) for b in bounds],
+                                     "hyperparameters": self.schedule_spec.describe(self.schedule)}}
         return {
             "config": self.config.to_dict(),
             "num_hyperparameters": self.spec.num_hyperparameters,
@@ -282,6 +302,5 @@ class TuneResult:
             "hypergrad_norm": [r.hypergrad_norm for r in self.history],
             "history": [r.to_dict() for r in self.history],
             **({"strategy": self.info} if self.info else {}),
-            **({"schedule": self.schedule_spec.describe(self.schedule)}
-               if self.schedule is not None and self.schedule_spec is not None else {}),
+            **schedule,
         }

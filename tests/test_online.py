@@ -216,11 +216,11 @@ def test_it_runs_on_user_models(name):
     assert "val_accuracy" in result.evaluation["final"]
 
 
-@pytest.mark.parametrize("method", ["cg", "bptt", "tbptt"])
+@pytest.mark.parametrize("method", ["cg", "bptt", "tbptt", "forward"])
 def test_other_hypergradient_methods_run(method):
     result = online_tuner(method=method).run()
     assert [r.action for r in result.history] == ["update"] * 3 + ["end"]
-    assert (result.history[0].solver is None) == (method in ("bptt", "tbptt"))
+    assert (result.history[0].solver is None) == (method in ("bptt", "tbptt", "forward"))
 
 
 def test_bptt_over_a_period_is_the_exact_gradient_of_that_period():
@@ -232,9 +232,7 @@ def test_bptt_over_a_period_is_the_exact_gradient_of_that_period():
     hp = objective.initial_hparams()
     batches = objective.batches(RUN_SALT)[:P]
     bptt = OnlineStrategy._through_period(objective, cfg, h0, hp, batches)
-    fwd_cfg = dataclasses.replace(cfg, method="bptt")
-    object.__setattr__(fwd_cfg, "method", "forward")  # forward mode: in the core, not yet a TuneConfig method
-    forward = OnlineStrategy._through_period(objective, fwd_cfg, h0, hp, batches)
+    forward = OnlineStrategy._through_period(objective, dataclasses.replace(cfg, method="forward"), h0, hp, batches)
     for a, b in zip(bptt.grad, forward.grad):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-10)
     eps = 1e-6
@@ -253,6 +251,7 @@ def test_bptt_over_a_period_is_the_exact_gradient_of_that_period():
     ({"online_period": 50}, r"online_period \(50\) must not exceed inner_steps \(40\)"),
     ({"online_period": 15}, r"inner_steps \(40\) must be a multiple of online_period \(15\)"),
     ({"budget": 5}, r"budget=5 is not used by the online strategy"),
+    ({"segments": 2}, r"segments=2 is not used by the online strategy"),
 ])
 def test_bad_settings_are_refused_before_any_work(changes, match):
     with pytest.raises(ConfigError, match=match):
@@ -261,8 +260,8 @@ def test_bad_settings_are_refused_before_any_work(changes, match):
     with pytest.raises(ValueError, match=match):
         hypergrad.tune(model, loss, train, val, **{**dict(strategy="online", inner_steps=40), **changes})
     # the strategy checks a config of another strategy too (Tuner(..., strategy="online"))
-    other = TuneConfig(inner_steps=40, **{k: v for k, v in changes.items() if k != "budget"})
-    if "budget" not in changes:
+    other = TuneConfig(inner_steps=40, **{k: v for k, v in changes.items() if k == "online_period"})
+    if "online_period" in changes:
         with pytest.raises(ConfigError, match=match):
             Tuner(tiny_problem(), dataclasses.replace(other, batch_size=16), strategy="online")
 
@@ -292,4 +291,5 @@ def test_cli_tune_strategy_online(tmp_path, capsys):
     assert "the one online run's weights after 20 inner steps, 1 meta steps every 10" in printed
     res = json.loads(out.read_text())
     assert [r["inner_step"] for r in res["history"]] == [10, 20]
-    assert len(res["schedule"]["0.weight"]["lr"]) == 2
+    assert res["schedule"]["segments"] == 2 and res["schedule"]["steps"] == [[0, 10], [10, 20]]
+    assert len(res["schedule"]["hyperparameters"]["0.weight"]["lr"]) == 2
