@@ -3,7 +3,10 @@
 For every seed, method and budget, the method runs with ``budget`` inner trainings through the
 runners of ``hypergrad compare`` (:func:`hypergrad.compare.run_strategy` for ``sign``, ``hybrid``,
 ``auto``; :func:`hypergrad.compare.run_optuna` for ``tpe``; :func:`hypergrad.compare.run_gradient`
-for a gradient method), and its exported hyperparameters are retrained from w0 with
+for a gradient method; ``online`` or ``online-P``: ONE online run of ``--inner-steps`` steps with
+a meta step every ``P``, recorded at budget 1 whatever ``--budgets`` says, its schedule retrained
+with ``SGDSchedule`` and its last values retrained as constants too, ``retrained_final``), and its
+exported hyperparameters (``initial``: the configured start, untuned, at budget 0) are retrained from w0 with
 ``torch.optim.SGD`` (:func:`hypergrad.compare.sgd_evaluate`) on ``--orders`` fresh batch orders
 (schedule seeds 1001, 1002, ... no search saw). A cell's score is the mean retrained validation
 loss over those orders; the table shows its mean ± std over seeds, and the search's wall seconds.
@@ -18,6 +21,7 @@ Cells already in ``--out`` are kept and not rerun (a run can be continued or ext
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -29,17 +33,35 @@ from typing import Any
 import torch
 
 
-def retrain(problem: Any, split: Any, hparams: Any, cfg: Any, orders: int) -> list[float]:
-    """Retrained validation losses on ``orders`` fresh batch orders; a schedule is followed step by step."""
+def retrain(problem: Any, hparams: Any, cfg: Any, orders: int, spec: Any = None) -> list[float]:
+    """Retrained validation losses on ``orders`` fresh batch orders; a schedule is followed step by step.
+
+    ``spec``: the layout of ``hparams`` (default: the problem's with ``cfg.segments``; an online
+    run's ``schedule_spec``)."""
     from hypergrad.compare import sgd_evaluate
 
-    spec = problem.spec if cfg.segments == 1 else problem.spec.with_segments(cfg.segments)
+    spec = spec if spec is not None else problem.spec.with_segments(cfg.segments)
     out = []
     for i in range(orders):
         batches = problem.schedule(cfg.inner_steps, 1001 + i, batch_size=cfg.batch_size)
         v = sgd_evaluate(problem, spec, hparams, batches)["val_loss"]
         out.append(v if v is not None and math.isfinite(v) else 10.0)
     return out
+
+
+def _run_online(problem: Any, cfg: Any, period: int) -> tuple[Any, Any]:
+    """One online run of ``cfg.inner_steps`` steps; its trace has one point (one training's worth)."""
+    from hypergrad.compare import Trace
+    from hypergrad.tuner import Tuner
+
+    trace = Trace("online", cfg.seed)
+    t0 = time.perf_counter()
+    result = Tuner(problem, dataclasses.replace(cfg, strategy="online", online_period=period),
+                   strategy="online").run()
+    trace.add(1.0, time.perf_counter() - t0, result.evaluation["final"]["val_loss"], "online")
+    trace.best = result.final
+    trace.info["online"] = {**result.info, "run_val_loss": result.evaluation["final"]["val_loss"]}
+    return trace, result
 
 
 def _variants() -> dict[str, Any]:
@@ -75,16 +97,29 @@ def _run_variant(problem: Any, cfg: Any, method: str, budget: int) -> Any:
 
 
 def run_cell(run: Any, cfg: Any, method: str, budget: int, seed: int, orders: int) -> dict[str, Any]:
-    import dataclasses
-
     from hypergrad.compare import OptunaSettings, method_kind, run_gradient, run_optuna, run_strategy
     from hypergrad.workloads import build_problem, load_split
 
     scfg = dataclasses.replace(cfg, seed=seed, **AUTO_VARIANTS.get(method, {}))
-    problem, split = build_problem(run, scfg, load_split(run, seed))
+    problem, _ = build_problem(run, scfg, load_split(run, seed))
     t0 = time.perf_counter()
     kind = "variant" if method in VARIANTS or method in AUTO_VARIANTS else method_kind(method)
-    if method in AUTO_VARIANTS:
+    kind = "online" if method.startswith("online") else kind
+    extra: dict[str, Any] = {}
+    if method == "initial":  # the configured start, untuned: the floor every method should beat
+        from hypergrad.compare import Trace
+        from hypergrad.objective import MetaObjective
+
+        kind, trace = "online", Trace(method, seed)
+        trace.best, budget = MetaObjective(problem, scfg).initial_hparams(), 0
+        trace.seconds.append(0.0)
+        trace.cost.append(0.0)
+        scores = retrain(problem, trace.best, scfg, orders)
+    elif kind == "online":  # online or online-P: one run, its schedule retrained (and its last values, constant)
+        trace, result = _run_online(problem, scfg, int(method.split("-")[1]) if "-" in method else scfg.online_period)
+        extra["retrained_final"] = retrain(problem, result.final, scfg, orders)
+        scores = retrain(problem, result.schedule, scfg, orders, result.schedule_spec)
+    elif method in AUTO_VARIANTS:
         trace = run_strategy(problem, scfg, "auto", budget)
     elif kind == "variant":
         trace = _run_variant(problem, scfg, method, budget)
@@ -95,8 +130,12 @@ def run_cell(run: Any, cfg: Any, method: str, budget: int, seed: int, orders: in
     else:
         trace = run_gradient(problem, scfg, method, budget)
     seconds = time.perf_counter() - t0
-    scores = retrain(problem, split, trace.best, scfg, orders)
-    return {"method": method, "budget": budget, "seed": seed, "seconds": seconds, "retrained": scores,
+    if kind != "online":
+        scores = retrain(problem, trace.best, scfg, orders)
+    else:
+        seconds = trace.seconds[-1]  # the run itself, not its retraining
+        budget = min(budget, 1)
+    return {"method": method, "budget": budget, "seed": seed, "seconds": seconds, "retrained": scores, **extra,
             "score": statistics.fmean(scores), "inner_trainings": trace.cost[-1],
             "best_meta_loss": min((v for v in trace.meta_loss if v is not None), default=None),
             "best_hyperparameters": problem.spec.with_segments(scfg.segments).describe(trace.best),
@@ -165,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--inner-steps", type=int, default=100)
     p.add_argument("--orders", type=int, default=3, help="fresh batch orders of the retraining")
+    p.add_argument("--meta-lr", type=float, default=None, help="Adam's meta lr (default: TuneConfig's)")
     p.add_argument("--out", required=True)
     p.add_argument("--table", action="store_true", help="print the table of --out and exit")
     p.add_argument("--plot", type=Path, default=None, help="with --table: also draw the anytime curves to this PNG")
@@ -180,13 +220,16 @@ def main(argv: list[str] | None = None) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run = RunConfig(dataset=args.dataset, data_root=args.data_root, n_train=args.n_train)
-    cfg = TuneConfig(inner_steps=args.inner_steps)
+    cfg = TuneConfig(inner_steps=args.inner_steps,
+                     **({"meta_lr": args.meta_lr} if args.meta_lr is not None else {}))
     out = Path(args.out)
     cells: list[dict[str, Any]] = json.loads(out.read_text())["cells"] if out.exists() else []
     done = {(c["method"], c["budget"], c["seed"]) for c in cells}
     for seed in (int(s) for s in args.seeds.split(",")):
         for method in args.methods.split(","):
-            for budget in (int(b) for b in args.budgets.split(",")):
+            budgets = [1] if method.startswith("online") else [0] if method == "initial" else [
+                int(b) for b in args.budgets.split(",")]
+            for budget in budgets:
                 if (method, budget, seed) in done:
                     continue
                 cell = run_cell(run, cfg, method, budget, seed, args.orders)

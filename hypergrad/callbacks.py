@@ -15,6 +15,8 @@ Series and Scalars dashboards shows the meta loss and the hyperparameter traject
   ``schedule/sgd_lr/<tensor>``, ``schedule/sgd_momentum/<tensor>``: the best schedule against the inner step;
 * ``solver/residual``, ``solver/iterations``, ``solver/spectral_radius`` (RBP methods);
 * ``summary/<metric>``: the final evaluation of the best hyperparameters (one point, at the end);
+  an ``"online"`` run (one training, never restarted) logs every scalar against its inner step
+  (:attr:`~hypergrad.records.MetaStepRecord.inner_step`) instead of the meta step;
 * ``tuner/alpha/<tensor>`` (the step size :math:`\alpha` of the paper's update
   :math:`w' = w + \alpha v'`), ``tuner/hypergrad_norm``, ``tuner/hypergrad_spread``,
   ``tuner/meta_lr``, ``tuner/seconds_per_meta_step``.
@@ -213,7 +215,8 @@ class TensorBoardLogger(Callback):
         self.writer.flush()
 
     def on_meta_step(self, tuner: TuningRun, record: MetaStepRecord) -> None:
-        step = record.step
+        # an online run (one training, never restarted) is plotted against its inner steps
+        step = record.step if record.inner_step is None else record.inner_step
         w = self.writer
 
         def scalar(tag: str, value: Any) -> None:
@@ -242,7 +245,8 @@ class TensorBoardLogger(Callback):
         w.flush()
 
     def on_end(self, tuner: TuningRun, result: TuneResult) -> None:
-        step = max(tuner.step_count - 1, 0)
+        last = result.history[-1] if result.history else None
+        step = last.inner_step if last is not None and last.inner_step is not None else max(tuner.step_count - 1, 0)
         if result.spec.segments > 1:
             self._schedule(result)
         for metric in _SUMMARY_METRICS:

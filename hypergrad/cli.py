@@ -183,7 +183,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     callbacks: list[Any] = []
     if main_rank:
         callbacks.append(LoggingCallback())
-    progress = ProgressBar() if main_rank and not args.no_progress else None
+    periods = cfg.inner_steps // cfg.online_period if cfg.strategy == "online" else None  # online: a step a period
+    progress = ProgressBar(total=periods) if main_rank and not args.no_progress else None
     if progress is not None:
         callbacks.append(progress)
     strategy: Any = cfg.strategy
@@ -207,7 +208,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         if progress is not None:
             progress.total = budget if budget is not None else getattr(tuner.state, "budget", None)
     if logdir is not None and main_rank:
-        tuner.callbacks.append(TensorBoardLogger(logdir, global_step_offset=tuner.step_count, dataset=run.dataset))
+        offset = getattr(tuner.state, "inner_step", tuner.step_count)  # online runs log against inner steps
+        tuner.callbacks.append(TensorBoardLogger(logdir, global_step_offset=offset, dataset=run.dataset))
     saved_values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
 
     def checkpoint(t: Tuner) -> None:
@@ -249,18 +251,18 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if out:
         _write_json(out, summary)
     ev = result.evaluation
-    final = f"; final {ev['final']['val_loss']:.4f}" if "final" in ev else ""
-    where = "" if "selection" not in result.info else (
-        f", mean of {len(result.info['selection']['salts'])} unseen batch orders")
-    print(
-        f"validation loss: {ev['initial']['val_loss']:.4f} (initial) -> {ev['best']['val_loss']:.4f} "
-        f"(best, meta step {result.best_step}{where}){final}"
-    )
-    if result.info:
-        print(f"inner trainings: {result.info['inner_trainings']} of a budget of {result.info['budget']}; "
-              f"hypergradient: {result.info['estimator']['reason']}")
-    if "test_accuracy" in ev["initial"]:
-        print(f"test accuracy:   {ev['initial']['test_accuracy']:.4f} -> {ev['best']['test_accuracy']:.4f}")
+    if result.weights is not None:  # the online strategy: one run, evaluated as it is
+        info = result.info
+        print(f"validation loss: {ev['final']['val_loss']:.4f} (the one online run's weights after "
+              f"{info['inner_steps']} inner steps, {info['meta_updates']} meta steps every {info['online_period']})")
+        if "test_accuracy" in ev["final"]:
+            print(f"test accuracy:   {ev['final']['test_accuracy']:.4f}")
+        print("the run's schedule (one segment per period) is in the results JSON's \"schedule\"; the "
+              "param groups below are its last period's values")
+    else:
+        _print_losses(result)
+        if "test_accuracy" in ev["initial"]:
+            print(f"test accuracy:   {ev['initial']['test_accuracy']:.4f} -> {ev['best']['test_accuracy']:.4f}")
     if problem.spec.per != "element" and result.spec.segments > 1:
         _print_schedule(result)
     elif problem.spec.per != "element":
@@ -275,6 +277,21 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if logdir is not None:
         print(f"TensorBoard: tensorboard --logdir {logdir}")
     return code
+
+
+def _print_losses(result: Any) -> None:
+    """The summary line of a run that restarts: initial -> best (-> final) validation loss."""
+    ev = result.evaluation
+    final = f"; final {ev['final']['val_loss']:.4f}" if "final" in ev else ""
+    where = "" if "selection" not in result.info else (
+        f", mean of {len(result.info['selection']['salts'])} unseen batch orders")
+    print(
+        f"validation loss: {ev['initial']['val_loss']:.4f} (initial) -> {ev['best']['val_loss']:.4f} "
+        f"(best, meta step {result.best_step}{where}){final}"
+    )
+    if result.info:
+        print(f"inner trainings: {result.info['inner_trainings']} of a budget of {result.info['budget']}; "
+              f"hypergradient: {result.info['estimator']['reason']}")
 
 
 def _schedule_words(cfg: TuneConfig) -> str:

@@ -217,18 +217,22 @@ class MetaObjective:
         problem = self.problem
         with problem.rng(self.seed(salt)):
             h_t = self.run_steps(hparams, self.batches(salt))
-            w = h_t[: problem.num_tensors]
-            with torch.no_grad():
-                out = {
-                    "val_loss": float(problem.eval_loss(w, "val")),
-                    "train_loss": float(problem.eval_loss(w, "train")),
-                }
-                if self.test_data is not None:
-                    test = problem.evaluate(w, self.test_data)
-                    out["test_loss"] = test.pop("loss")
-                    out.update({f"test_{k}": v for k, v in test.items()})
-                val = problem.evaluate(w, "val")
-                out.update({f"val_{k}": v for k, v in val.items() if k != "loss"})
+            return self.evaluate_weights(h_t[: problem.num_tensors])
+
+    def evaluate_weights(self, weights: Sequence[Tensor]) -> dict[str, float]:
+        """:meth:`evaluate`'s report of given inner weights (no training): losses and the metric."""
+        problem, w = self.problem, tuple(weights)
+        with torch.no_grad():
+            out = {
+                "val_loss": float(problem.eval_loss(w, "val")),
+                "train_loss": float(problem.eval_loss(w, "train")),
+            }
+            if self.test_data is not None:
+                test = problem.evaluate(w, self.test_data)
+                out["test_loss"] = test.pop("loss")
+                out.update({f"test_{k}": v for k, v in test.items()})
+            val = problem.evaluate(w, "val")
+            out.update({f"val_{k}": v for k, v in val.items() if k != "loss"})
         return out
 
     # ------------------------------------------------------------------ hypergradients
