@@ -96,12 +96,36 @@ def _run_variant(problem: Any, cfg: Any, method: str, budget: int) -> Any:
     return trace
 
 
-def run_cell(run: Any, cfg: Any, method: str, budget: int, seed: int, orders: int) -> dict[str, Any]:
-    from hypergrad.compare import OptunaSettings, method_kind, run_gradient, run_optuna, run_strategy
+#: ``--dataset zoo:<model>``: a model of ``tests/_zoo.py`` at the zoo benchmark's size (``benchmarks/zoo.py``).
+ZOO_SIZE = {"n_train": 256, "n_val": 128, "batch_size": 16}
+
+
+def build(run: Any, cfg: Any, seed: int) -> Any:
+    """The inner problem of ``run`` (a ``RunConfig``, or a zoo model's name) for ``seed``.
+
+    A zoo model starts every seed from its own initial weights; the seeds differ in batch orders
+    and sampler seeds, as in the zoo benchmark.
+    """
+    if isinstance(run, str):
+        root = Path(__file__).resolve().parents[1]
+        if str(root) not in sys.path:
+            sys.path.insert(0, str(root))
+        from tests._zoo import ZOO
+
+        from hypergrad import InnerProblem
+
+        model, loss_fn, train, val = ZOO[run].build(ZOO_SIZE["n_train"], ZOO_SIZE["n_val"])
+        return InnerProblem(model, loss_fn, *train, *val, batch_size=cfg.batch_size, per=cfg.per)
     from hypergrad.workloads import build_problem, load_split
 
+    return build_problem(run, cfg, load_split(run, seed))[0]
+
+
+def run_cell(run: Any, cfg: Any, method: str, budget: int, seed: int, orders: int) -> dict[str, Any]:
+    from hypergrad.compare import OptunaSettings, method_kind, run_gradient, run_optuna, run_strategy
+
     scfg = dataclasses.replace(cfg, seed=seed, **AUTO_VARIANTS.get(method, {}))
-    problem, _ = build_problem(run, scfg, load_split(run, seed))
+    problem = build(run, scfg, seed)
     t0 = time.perf_counter()
     kind = "variant" if method in VARIANTS or method in AUTO_VARIANTS else method_kind(method)
     kind = "online" if method.startswith("online") else kind
@@ -196,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     from hypergrad.config import RunConfig, TuneConfig
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", default="digits", choices=("digits", "mnist"))
+    p.add_argument("--dataset", default="digits",
+                   help="digits, mnist, or zoo:<model> (a model of tests/_zoo.py: 256/128 examples, batch 16)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--n-train", type=int, default=None)
     p.add_argument("--methods", default="auto,tpe")
@@ -219,8 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    run = RunConfig(dataset=args.dataset, data_root=args.data_root, n_train=args.n_train)
-    cfg = TuneConfig(inner_steps=args.inner_steps,
+    zoo = args.dataset.startswith("zoo:")
+    if not zoo and args.dataset not in ("digits", "mnist"):
+        p.error(f"--dataset {args.dataset!r}: expected digits, mnist or zoo:<model>")
+    run: Any = args.dataset[4:] if zoo else RunConfig(dataset=args.dataset, data_root=args.data_root,
+                                                      n_train=args.n_train)
+    cfg = TuneConfig(inner_steps=args.inner_steps, **({"batch_size": ZOO_SIZE["batch_size"]} if zoo else {}),
                      **({"meta_lr": args.meta_lr} if args.meta_lr is not None else {}))
     out = Path(args.out)
     cells: list[dict[str, Any]] = json.loads(out.read_text())["cells"] if out.exists() else []

@@ -270,8 +270,11 @@ class TuneResult:
         Step it once after every ``optimizer.step()``: it sets each group's ``lr`` and
         ``momentum`` for the next of the ``T = config.inner_steps`` steps, so that SGD takes the
         inner loop's steps (:class:`~hypergrad.hyperparams.SGDSchedule`). With one segment the
-        values are constant and the scheduler changes nothing.
+        values are constant and the scheduler changes nothing. For an ``"online"`` run it is
+        the run's trajectory (:attr:`schedule`), which replays the run's weights.
         """
+        if self.schedule is not None and self.schedule_spec is not None:
+            return SGDSchedule(optimizer, self.schedule_spec, self.schedule, num_steps=self.config.inner_steps)
         return SGDSchedule(optimizer, self.spec, self.best, num_steps=self.config.inner_steps)
 
     def to_json(self) -> dict[str, Any]:

@@ -31,13 +31,18 @@ def online_tuner(problem=None, **changes) -> Tuner:
     return Tuner(problem or tiny_problem(), dataclasses.replace(CFG, **changes), strategy="online")
 
 
-def sgd_replay(problem, result, batches) -> list[torch.Tensor]:
-    """Train a fresh copy of the model with torch.optim.SGD and the exported schedule."""
+def sgd_replay(problem, result, batches, *, api: bool = False) -> list[torch.Tensor]:
+    """Train a fresh copy of the model with torch.optim.SGD and the exported schedule
+    (``api``: through ``result.param_groups`` and ``result.scheduler``)."""
     model = problem.fresh_model()
     params = [p for p in model.parameters() if p.requires_grad]
     spec, schedule = result.schedule_spec, result.schedule
-    opt = torch.optim.SGD(to_sgd_param_groups(spec, schedule, params))
-    sched = SGDSchedule(opt, spec, schedule, num_steps=len(batches))
+    if api:
+        opt = torch.optim.SGD(result.param_groups(params))
+        sched = result.scheduler(opt)
+    else:
+        opt = torch.optim.SGD(to_sgd_param_groups(spec, schedule, params))
+        sched = SGDSchedule(opt, spec, schedule, num_steps=len(batches))
     for x, y in batches:
         opt.zero_grad(set_to_none=True)
         problem.loss_fn(model(x), y).backward()
@@ -61,9 +66,10 @@ def test_the_exported_schedule_reproduces_the_runs_weights_with_torch_sgd():
             assert described[name]["lr"][k] == pytest.approx(hp["lr"], rel=1e-12)
     # the meta steps moved the hyperparameters (else the test would prove nothing about the schedule)
     assert not torch.allclose(result.schedule[0][0], result.schedule[0][-1])
-    replay = sgd_replay(problem, result, tuner.objective.batches(RUN_SALT))
-    for a, b in zip(replay, result.weights):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for api in (False, True):  # by hand, and through result.param_groups + result.scheduler
+        replay = sgd_replay(problem, result, tuner.objective.batches(RUN_SALT), api=api)
+        for a, b in zip(replay, result.weights):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     # the retraining of hypergrad.compare steps the schedule the same way
     from hypergrad.compare import sgd_evaluate
 
