@@ -110,9 +110,8 @@ def build(run: Any, cfg: Any, seed: int) -> Any:
         root = Path(__file__).resolve().parents[1]
         if str(root) not in sys.path:
             sys.path.insert(0, str(root))
-        from tests._zoo import ZOO
-
         from hypergrad import InnerProblem
+        from tests._zoo import ZOO
 
         model, loss_fn, train, val = ZOO[run].build(ZOO_SIZE["n_train"], ZOO_SIZE["n_val"])
         return InnerProblem(model, loss_fn, *train, *val, batch_size=cfg.batch_size, per=cfg.per)
@@ -233,9 +232,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--table", action="store_true", help="print the table of --out and exit")
     p.add_argument("--plot", type=Path, default=None, help="with --table: also draw the anytime curves to this PNG")
+    p.add_argument("--merge", nargs="+", default=None, metavar="FILE",
+                   help="merge --dataset zoo:<model> files (named ..._zoo_<model>.json) into --out and exit")
     args = p.parse_args(argv)
+    if args.merge:  # zoo models' files -> one document {"models": {name: doc}}
+        docs = {Path(f).stem.split("zoo_", 1)[-1]: json.loads(Path(f).read_text()) for f in args.merge}
+        Path(args.out).write_text(json.dumps({"models": docs}, separators=(",", ":")))
+        return 0
     if args.table:
         doc = json.loads(Path(args.out).read_text())
+        if "models" in doc:
+            for name, sub in doc["models"].items():
+                print(f"**{name}**\n\n{table(sub['cells'])}")
+            return 0
         print(table(doc["cells"]))
         if args.plot is not None:
             plot(doc["cells"], args.plot, f"{doc['dataset']}, T = {doc['inner_steps']}")
