@@ -24,9 +24,13 @@ is charged in seconds and reported); ``budget`` steps in all, the last of them t
 
 **Selection.** The meta loss of a search step was measured on the batch order that also
 produced its hypergradient, which flatters it. The exported hyperparameters are chosen among
-the start and the ``top`` best distinct search points by their mean meta loss on
-:data:`SELECTION_SALTS`, batch orders no hypergradient has seen; that mean is what the result
-reports. The start being a candidate, the run never ends worse than it started (on those orders).
+the start and the ``top`` best distinct search points (optionally also the mean of the last
+accepted points, and a *backoff*: the best search candidate with every learning rate scaled
+down, evaluated once the others are) by a statistic (``"mean"``, or ``"max"``: the worst order) of
+their meta loss on :data:`SELECTION_SALTS`, batch orders no hypergradient has seen; the chosen
+one's mean is what the result reports. ``auto`` uses the backoff and the max
+(:mod:`hypergrad.strategies.auto`). The start being a candidate, the run never ends worse than it
+started (on those orders).
 """
 
 from __future__ import annotations
