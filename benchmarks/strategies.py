@@ -67,11 +67,19 @@ def _run_online(problem: Any, cfg: Any, period: int) -> tuple[Any, Any]:
 def _variants() -> dict[str, Any]:
     from hypergrad.strategies import SignRule, SignStrategy
 
+    o3 = (-1000, -1001, -1002)
     return {"sign-irprop": lambda: SignStrategy(rule=SignRule(skip_on_flip=True)),
-            "sign-top4": lambda: SignStrategy(top=4)}
+            "sign-top4": lambda: SignStrategy(top=4),
+            # robust selection (chosen on seeds 100-105, docs/results/strategies.md "Robust selection")
+            "sign-max": lambda: SignStrategy(statistic="max"),
+            "sign-backoff": lambda: SignStrategy(backoff=0.8),
+            "sign-backoff-max": lambda: SignStrategy(backoff=0.8, statistic="max"),
+            "sign-o3-max": lambda: SignStrategy(salts=o3, top=1, statistic="max"),
+            "sign-avg-max": lambda: SignStrategy(top=1, average=4, statistic="max")}
 
 
-VARIANTS = ("sign-irprop", "sign-top4")
+VARIANTS = ("sign-irprop", "sign-top4", "sign-max", "sign-backoff", "sign-backoff-max", "sign-o3-max",
+            "sign-avg-max")
 #: The default strategy (``auto``) with another config: forward-mode hypergradients (``auto-forward``;
 #: below the sign rule's minimum budget, Adam on them), or a schedule of 3 segments by BPTT
 #: (forward mode where BPTT's graph does not fit).
