@@ -173,12 +173,24 @@ def test_the_selection_uses_batch_orders_no_hypergradient_saw(name):
     assert cands[0]["step"] == -1 and len(cands) >= 2  # the start and at least one search point
     assert len(selected) == len(cands) * len(SELECTION_SALTS)
     chosen = cands[sel["chosen"]]
-    assert chosen["score"] == min(c["score"] for c in cands)  # sign: the mean; auto: the worst order
-    assert sel["statistic"] == ("max" if name == "auto" else "mean")
-    assert [c["kind"] == "backoff" for c in cands].count(True) == (name == "auto")
+    assert chosen["score"] == min(c["score"] for c in cands)  # the mean over the selection orders
+    assert sel["statistic"] == "mean"
+    assert not any(c["kind"] == "backoff" for c in cands)  # the robust selection is opt-in
     # what is reported is the mean over the selection orders
     assert result.evaluation["best"]["val_loss"] == pytest.approx(sum(chosen["values"]) / len(chosen["values"]))
     assert result.evaluation["best"]["val_loss"] <= result.evaluation["initial"]["val_loss"]
+
+
+def test_the_opt_in_robust_selection_scores_the_worst_order_and_adds_the_backoff():
+    cfg = _cfg(strategy="sign", budget=14)
+    objective = CountingObjective(tiny_problem(), cfg)
+    result = SignStrategy(backoff=0.8, statistic="max").run(objective, cfg)
+    sel = result.info["selection"]
+    cands = sel["candidates"]
+    assert sel["statistic"] == "max" and [c["kind"] for c in cands].count("backoff") == 1
+    assert all(c["score"] == pytest.approx(max(c["values"])) for c in cands)
+    assert cands[sel["chosen"]]["score"] == min(c["score"] for c in cands)
+    assert len(objective.calls) == 14  # the budget, exactly
 
 
 @pytest.mark.parametrize("name", ["sign", "hybrid"])
@@ -250,12 +262,12 @@ def test_the_sign_rule_travels_decades_and_stays_in_the_search_box():
 
 def test_auto_is_a_sign_strategy_and_the_tuners_default_stays_gradient():
     assert isinstance(AutoStrategy(), SignStrategy)
-    # auto's robust selection (docs/results/robust_selection.md): the backoff candidate, the worst order
+    # the robust selection measured neutral (docs/results/robust_selection.md): auto keeps the mean rule
     auto = AutoStrategy()
-    assert (auto.backoff, auto.statistic, auto.min_budget()) == (0.8, "max", 8)
-    assert (SignStrategy().backoff, SignStrategy().statistic, SignStrategy().min_budget()) == (None, "mean", 6)
-    assert isinstance(get_strategy("auto", _cfg(budget=7)), GradientStrategy)
-    assert isinstance(get_strategy("auto", _cfg(budget=8)), AutoStrategy)
+    assert (auto.backoff, auto.statistic, auto.min_budget()) == (None, "mean", 6)
+    assert SignStrategy(backoff=0.8, statistic="max").min_budget() == 8
+    assert isinstance(get_strategy("auto", _cfg(budget=5)), GradientStrategy)
+    assert isinstance(get_strategy("auto", _cfg(budget=6)), AutoStrategy)
     assert isinstance(Tuner(tiny_problem(), CFG).strategy, GradientStrategy)
     for bad, message in [({"top": 0}, "top must be"), ({"salts": (-5,)}, "salts must be")]:
         with pytest.raises(ValueError, match=message):
