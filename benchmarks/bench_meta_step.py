@@ -6,7 +6,8 @@ the RBP methods), T inner steps, and the floor: plain training of the same T ste
 ``torch.optim.SGD``. Per row: median wall time of one meta step (``Tuner.meta_step``: the T inner
 steps, the meta loss, the hypergradient, the Adam step), the hypergradient phase alone (time
 after the T inner steps), the peak-RSS growth above a baseline taken after set-up, and the total
-peak RSS. See :mod:`benchmarks._probe` for the measurement.
+peak RSS; a second table gives the time ratios in the process's CPU seconds, which a shared,
+loaded machine inflates less than the wall time. See :mod:`benchmarks._probe` for the measurement.
 
     python -m benchmarks.bench_meta_step --out docs/results/perf_table2.json
     python -m benchmarks.bench_meta_step --quick --out /tmp/bench.json      # < 1 minute
@@ -81,6 +82,26 @@ def ratio_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def cpu_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: the same time ratios in CPU seconds of the process (rows without ``cpu_s`` are left out).
+
+    On a machine shared with other jobs the wall time counts the seconds the process waited
+    for a core; its CPU time does not, so these ratios move less with the load.
+    """
+    rows = [r for r in rows if r.get("cpu_s") is not None]
+    bptt = next((r["cpu_s"] for r in rows if r["method"] == "bptt"), None)
+    sgd = next((r["cpu_s"] for r in rows if r["method"] == "sgd"), None)
+    lines = ["| method | K | CPU s (median) | BPTT ÷ method, CPU time | paper time | method ÷ SGD, CPU time |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        k, c = r["truncate"], r["cpu_s"]
+        paper = f"×{PAPER_TIME[k]}" if r["method"] == "neumann" and k in PAPER_TIME else "–"
+        lines.append(f"| {LABELS[r['method']]} | {'–' if k is None else k} | {c:.3f} | "
+                     f"{'–' if bptt is None or c <= 0 else f'{bptt / c:.2f}'} | {paper} | "
+                     f"{'–' if sgd is None or sgd <= 0 else f'{c / sgd:.2f}'} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_meta_step", description=__doc__.split("\n")[0])
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
@@ -118,15 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     info = machine()
     rows = _rows_for(methods, ks, base)
-    table = ratio_table(rows)
-    print(table)
+    table, cpu = ratio_table(rows), cpu_table(rows)
+    print(table + "\n\n" + cpu)
     if args.out is not None:
         write_json(args.out, {"command": "python -m benchmarks.bench_meta_step " + " ".join(sys.argv[1:] if argv
                                                                                             is None else argv),
                               "machine": info, "inner_steps": t, "truncate": ks, "reps": reps,
-                              "seconds": time.perf_counter() - start, "rows": rows, "markdown": table})
+                              "seconds": time.perf_counter() - start, "rows": rows, "markdown": table,
+                              "markdown_cpu": cpu})
     if args.markdown is not None:
-        args.markdown.write_text(table + "\n")
+        args.markdown.write_text(table + "\n\n" + cpu + "\n")
     return 0
 
 
