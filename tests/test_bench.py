@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from benchmarks import _probe
-from benchmarks.bench_meta_step import ratio_table
+from benchmarks.bench_meta_step import cpu_table, ratio_table
 
 ROW_KEYS = {"method": str, "inner_steps": int, "wall_s": float, "hypergrad_s": (float, type(None)),
             "peak_mib": float, "total_peak_mib": float, "baseline_mib": float, "reps": int,
@@ -50,6 +50,9 @@ def test_quick_benchmark_writes_rows_with_the_schema(tmp_path, repo_root):
     for row in rows[:-1]:  # the hypergradient phase is part of the meta step
         assert 0 < row["hypergrad_s"] <= row["wall_s"] * 1.5
     assert "| Neumann-RBP | 10 |" in data["markdown"] and "×3.02" in data["markdown"]
+    for row in rows:  # CPU seconds beside the wall time, one per timed step
+        assert len(row["cpu_s_all"]) == row["reps"] and row["cpu_s"] > 0
+    assert "| Neumann-RBP | 10 |" in data["markdown_cpu"]
 
 
 def test_unknown_method_is_a_usage_error(repo_root):
@@ -86,3 +89,30 @@ def test_ratio_table_divides_bptt_by_each_method():
     cells = [c.strip() for c in ratio_table([bptt_gpu, gpu]).splitlines()[3].split("|")[1:-1]]
     assert cells[4:6] == ["2.5", "7.0"] and cells[8:10] == ["200.00", "100.00"]
 
+
+
+def test_cpu_table_divides_cpu_seconds():
+    rows = [{"method": "bptt", "truncate": None, "cpu_s": 6.0}, {"method": "neumann", "truncate": 10, "cpu_s": 2.0},
+            {"method": "sgd", "truncate": None, "cpu_s": 1.6}, {"method": "neumann", "truncate": 7}]
+    lines = cpu_table(rows).splitlines()
+    assert len(lines) == 2 + 3  # the row without cpu_s is left out
+    assert [c.strip() for c in lines[3].split("|")[1:-1]] == ["Neumann-RBP", "10", "2.000", "3.00", "×3.02", "1.25"]
+    assert [c.strip() for c in lines[2].split("|")[1:-1]][3:] == ["1.00", "–", "3.75"]
+
+
+def test_phases_add_up_to_the_meta_step():
+    from benchmarks.profile_meta_step import PHASES, phases
+    from hypergrad.config import RunConfig
+    from hypergrad.tuner import TuneConfig, Tuner
+    from hypergrad.workloads import build_problem
+
+    cfg = TuneConfig(method="neumann", inner_steps=15, truncate=3, meta_steps=10**6)
+    problem, _ = build_problem(RunConfig(dataset="digits"), cfg)
+    tuner = Tuner(problem, cfg)
+    data = phases(tuner, 2)
+    assert len(data["rows"]) == 2 and len(tuner.history) == 2 and data["sgd_cpu_s"] > 0
+    for row in data["rows"]:
+        assert all(row[k] > 0 for k in PHASES[:4])  # every phase ran and was timed
+        assert sum(row[k] for k in PHASES) == pytest.approx(row["meta step"])
+    assert "train" not in vars(problem) and "_solve" not in vars(tuner.objective)  # the timers are removed
+    assert "| hypergradient solve |" in data["markdown"] and data["wall_ratio_median"] > 0
