@@ -16,6 +16,7 @@ loaded machine inflates less than the wall time. See :mod:`benchmarks._probe` fo
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -102,6 +103,46 @@ def cpu_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def merge_rounds(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per probe: the first round's, with the times and memory replaced by medians over the rounds."""
+    if len(rounds) == 1:
+        return rounds[0]
+    merged = []
+    for i, row in enumerate(rounds[0]):
+        same = [r[i] for r in rounds]
+        out = dict(row, rounds=len(rounds))
+        for key in ("wall_s", "cpu_s", "hypergrad_s", "peak_mib", "total_peak_mib", "baseline_mib"):
+            vals = [r[key] for r in same if r.get(key) is not None]
+            out[key] = statistics.median(vals) if vals else None
+            out[f"{key}_rounds"] = [r.get(key) for r in same]
+        merged.append(out)
+    return merged
+
+
+def round_ratios(rounds: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    """BPTT ÷ Neumann-RBP and Neumann-RBP ÷ SGD within each round (wall and CPU time), and their medians."""
+    ratios: dict[str, list[float]] = {}
+    for rows in rounds:
+        by = {(r["method"], r["truncate"]): r for r in rows}
+        bptt, sgd = by.get(("bptt", None)), by.get(("sgd", None))
+        for (m, k), r in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+            if m != "neumann":
+                continue
+            for clock in ("wall_s", "cpu_s"):
+                if bptt is not None:
+                    ratios.setdefault(f"BPTT ÷ Neumann-RBP K={k}, {clock}", []).append(bptt[clock] / r[clock])
+                if sgd is not None:
+                    ratios.setdefault(f"Neumann-RBP K={k} ÷ SGD, {clock}", []).append(r[clock] / sgd[clock])
+    lines = ["| ratio (within each round) | median | min | max | paper |", "|---|---|---|---|---|"]
+    for name, vals in ratios.items():
+        k = int(name.split("K=")[1].split()[0].rstrip(","))
+        paper = f"×{PAPER_TIME[k]}" if name.startswith("BPTT") and k in PAPER_TIME else "–"
+        lines.append(f"| {name.replace('_s', '')} | {statistics.median(vals):.2f} | {min(vals):.2f} | "
+                     f"{max(vals):.2f} | {paper} |")
+    return {"ratios": ratios, "medians": {n: statistics.median(v) for n, v in ratios.items()},
+            "markdown": "\n".join(lines)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_meta_step", description=__doc__.split("\n")[0])
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
@@ -116,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="run all K Neumann terms (the tuner's default stops the series when a term grows)")
     p.add_argument("--no-batch-hyper", action="store_true",
                    help="solve the M hyper-batch systems one after another instead of stacked")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the whole set of probes this many times, one round after another, and keep each "
+                        "row's median over the rounds; the ratios are medians of the per-round ratios (1)")
     p.add_argument("--quick", action="store_true", help="T=20, K=5,10, 2 reps: checks the pipeline in < 1 min")
     p.add_argument("--out", type=Path, default=None, help="JSON with every row")
     p.add_argument("--markdown", type=Path, default=None, help="write the ratio table here too")
@@ -131,22 +175,24 @@ def main(argv: list[str] | None = None) -> int:
     t, reps = args.inner_steps, args.reps
     if args.quick:
         t, ks, reps = 20, [5, 10], 2
-    if t < 1 or reps < 1 or any(k < 1 or k > t for k in ks):
-        p.error("need T >= 1, reps >= 1 and 1 <= K <= T")
+    if t < 1 or reps < 1 or args.rounds < 1 or any(k < 1 or k > t for k in ks):
+        p.error("need T >= 1, reps >= 1, rounds >= 1 and 1 <= K <= T")
     base = {"inner_steps": t, "reps": reps, "batch_size": args.batch_size, "dataset": args.dataset,
             "data_root": args.data_root, "device": args.device, "stop_on_growth": not args.no_stop_on_growth,
             "batch_hyper": not args.no_batch_hyper}
     start = time.perf_counter()
     info = machine()
-    rows = _rows_for(methods, ks, base)
+    rounds = [_rows_for(methods, ks, base) for _ in range(args.rounds)]
+    rows = merge_rounds(rounds)
     table, cpu = ratio_table(rows), cpu_table(rows)
-    print(table + "\n\n" + cpu)
+    summary = round_ratios(rounds) if args.rounds > 1 else None
+    print(table + "\n\n" + cpu + ("" if summary is None else "\n\n" + summary["markdown"]))
     if args.out is not None:
         write_json(args.out, {"command": "python -m benchmarks.bench_meta_step " + " ".join(sys.argv[1:] if argv
                                                                                             is None else argv),
                               "machine": info, "inner_steps": t, "truncate": ks, "reps": reps,
                               "seconds": time.perf_counter() - start, "rows": rows, "markdown": table,
-                              "markdown_cpu": cpu})
+                              "markdown_cpu": cpu, "rounds": args.rounds, "round_ratios": summary})
     if args.markdown is not None:
         args.markdown.write_text(table + "\n\n" + cpu + "\n")
     return 0

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from benchmarks import _probe
-from benchmarks.bench_meta_step import cpu_table, ratio_table
+from benchmarks.bench_meta_step import cpu_table, merge_rounds, ratio_table, round_ratios
 
 ROW_KEYS = {"method": str, "inner_steps": int, "wall_s": float, "hypergrad_s": (float, type(None)),
             "peak_mib": float, "total_peak_mib": float, "baseline_mib": float, "reps": int,
@@ -116,3 +116,23 @@ def test_phases_add_up_to_the_meta_step():
         assert sum(row[k] for k in PHASES) == pytest.approx(row["meta step"])
     assert "train" not in vars(problem) and "_solve" not in vars(tuner.objective)  # the timers are removed
     assert "| hypergradient solve |" in data["markdown"] and data["wall_ratio_median"] > 0
+
+
+def test_rounds_merge_to_medians_and_ratios_within_rounds():
+    def rows(scale, n10):
+        return [{"method": "sgd", "truncate": None, "wall_s": 1.0 * scale, "cpu_s": 1.0, "hypergrad_s": None,
+                 "peak_mib": 1.0, "total_peak_mib": 2.0, "baseline_mib": 1.0},
+                {"method": "neumann", "truncate": 10, "wall_s": n10 * scale, "cpu_s": n10, "hypergrad_s": 0.1,
+                 "peak_mib": 3.0, "total_peak_mib": 4.0, "baseline_mib": 1.0},
+                {"method": "bptt", "truncate": None, "wall_s": 3.0 * scale, "cpu_s": 3.0, "hypergrad_s": 2.0,
+                 "peak_mib": 9.0, "total_peak_mib": 10.0, "baseline_mib": 1.0}]
+
+    rounds = [rows(1.0, 1.0), rows(2.0, 1.5), rows(4.0, 1.2)]  # the load doubles, then doubles again
+    merged = merge_rounds(rounds)
+    assert merged[1]["wall_s"] == 3.0 and merged[1]["wall_s_rounds"] == [1.0, 3.0, 4.8] and merged[1]["rounds"] == 3
+    assert merge_rounds(rounds[:1]) is rounds[0]
+    summary = round_ratios(rounds)
+    # within each round the load cancels: BPTT / Neumann = 3 / n10, whatever the scale
+    assert summary["ratios"]["BPTT ÷ Neumann-RBP K=10, wall_s"] == pytest.approx([3.0, 2.0, 2.5])
+    assert summary["medians"]["Neumann-RBP K=10 ÷ SGD, cpu_s"] == pytest.approx(1.2)
+    assert "| BPTT ÷ Neumann-RBP K=10, wall | 2.50 | 2.00 | 3.00 | ×3.02 |" in summary["markdown"]
