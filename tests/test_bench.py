@@ -136,3 +136,14 @@ def test_rounds_merge_to_medians_and_ratios_within_rounds():
     assert summary["ratios"]["BPTT ÷ Neumann-RBP K=10, wall_s"] == pytest.approx([3.0, 2.0, 2.5])
     assert summary["medians"]["Neumann-RBP K=10 ÷ SGD, cpu_s"] == pytest.approx(1.2)
     assert "| BPTT ÷ Neumann-RBP K=10, wall | 2.50 | 2.00 | 3.00 | ×3.02 |" in summary["markdown"]
+
+
+def test_interleaved_ratios_are_taken_within_rounds():
+    from benchmarks.bench_interleaved import measure
+
+    data = measure([3], rounds=2, inner_steps=12, dataset="digits", data_root=None)
+    times, ratios = data["times"], data["ratios"]
+    assert set(times) == {"sgd", "neumann K=3", "bptt"} and all(len(t["wall_s"]) == 2 for t in times.values())
+    want = [b / n for b, n in zip(times["bptt"]["cpu_s"], times["neumann K=3"]["cpu_s"])]
+    assert ratios["BPTT ÷ Neumann-RBP K=3"]["cpu"] == pytest.approx(want)
+    assert data["medians"]["Neumann-RBP K=3 ÷ SGD"]["wall"] > 0 and "| BPTT ÷ SGD |" in data["markdown"]
