@@ -8,8 +8,10 @@ Everything that decides *what is optimised* is the tuner's own
 * **the batches**: trial ``k`` trains on ``objective.batches(k)``, the minibatch order
   of the tuner's meta step ``k`` (seeded by ``(seed, k)``);
 * **the hyperparameters** are the tuner's per-group learning rates and momenta;
-  Optuna suggests :math:`\alpha` log-uniformly and :math:`\beta` uniformly in
-  :class:`SearchSpace`, and :func:`to_hparams` maps them onto the unconstrained
+  Optuna suggests :math:`\alpha` (param ``alpha:<group>``) log-uniformly and :math:`\beta`
+  (``momentum:<group>``) uniformly in :class:`SearchSpace`; the SGD learning rate
+  :math:`\alpha(1-\beta)`, what ``lr`` means everywhere in hypergrad, is each trial's user
+  attribute ``lr:<group>`` (:func:`sgd_lrs`); :func:`to_hparams` maps them onto the unconstrained
   ``(log_lr, logit_momentum)`` tuple of :class:`hypergrad.HyperSpec`, so the very
   same code path trains;
 * **the meta loss** is :meth:`MetaObjective.value` (one inner training, then the
@@ -50,6 +52,7 @@ __all__ = [
     "make_sampler",
     "make_storage",
     "run_study",
+    "sgd_lrs",
     "to_hparams",
     "trial_cost",
     "worker_sampler_seed",
@@ -110,12 +113,12 @@ class SearchSpace:
         )
 
     def suggest(self, trial: Any, spec: HyperSpec) -> dict[str, float]:
-        """Ask ``trial`` for one learning rate and one momentum per group of ``spec``."""
+        """Ask ``trial`` for one :math:`\\alpha` (``alpha:<group>``) and one momentum per group of ``spec``."""
         if spec.per == "element":
             raise ValueError("per='element' has one hyperparameter per weight; black-box search needs a coarser per")
         params: dict[str, float] = {}
         for group in spec.groups:
-            params[f"lr:{group}"] = trial.suggest_float(f"lr:{group}", self.lr_low, self.lr_high, log=True)
+            params[f"alpha:{group}"] = trial.suggest_float(f"alpha:{group}", self.lr_low, self.lr_high, log=True)
         for group in spec.groups:
             params[f"momentum:{group}"] = trial.suggest_float(
                 f"momentum:{group}", self.momentum_low, self.momentum_high
@@ -123,27 +126,40 @@ class SearchSpace:
         return params
 
 
-def to_hparams(spec: HyperSpec, params: dict[str, float], dtype: torch.dtype = torch.float32) -> tuple[Tensor, ...]:
-    """Optuna's ``{"lr:<group>": alpha, "momentum:<group>": beta}`` as the tuner's unconstrained hparams.
+def _legacy(params: dict[str, float]) -> dict[str, float]:
+    """Studies written before the rename held :math:`\\alpha` as ``lr:<group>``; read them as ``alpha:<group>``."""
+    if any(k.startswith("alpha:") for k in params):
+        return params
+    return {("alpha:" + k[3:] if k.startswith("lr:") else k): v for k, v in params.items()}
 
-    Returns ``(log_lr_0..log_lr_G-1, logit_mom_0..logit_mom_G-1)`` (0-dim tensors), the
-    layout of :meth:`HyperSpec.init`.
+
+def to_hparams(spec: HyperSpec, params: dict[str, float], dtype: torch.dtype = torch.float32) -> tuple[Tensor, ...]:
+    """Optuna's ``{"alpha:<group>": alpha, "momentum:<group>": beta}`` as the tuner's unconstrained hparams.
+
+    Returns ``(log_lr_0..log_lr_G-1, logit_mom_0..logit_mom_G-1)`` (0-dim tensors; for a
+    schedule, ``spec.segments > 1``, each repeated over the segments), the layout of
+    :meth:`HyperSpec.init`. Params holding ``lr:<group>`` and no ``alpha:`` name
+    (studies stored before ``lr`` came to mean the SGD learning rate everywhere) are read with
+    ``lr:<group>`` as :math:`\\alpha`, the meaning they were written with.
     """
-    missing = [k for g in spec.groups for k in (f"lr:{g}", f"momentum:{g}") if k not in params]
+    params = _legacy(dict(params))
+    missing = [k for g in spec.groups for k in (f"alpha:{g}", f"momentum:{g}") if k not in params]
     if missing:
         raise ValueError(f"parameters missing for this problem: {', '.join(missing)}")
     log_lr = []
     logit_m = []
     for g in spec.groups:
-        lr = float(params[f"lr:{g}"])
+        lr = float(params[f"alpha:{g}"])
         mom = float(params[f"momentum:{g}"])
         if not (lr > 0 and math.isfinite(lr)):
-            raise ValueError(f"lr:{g} must be a positive finite number, got {lr!r}")
+            raise ValueError(f"alpha:{g} must be a positive finite number, got {lr!r}")
         if not 0.0 <= mom < 1.0:
             raise ValueError(f"momentum:{g} must lie in [0, 1), got {mom!r}")
         m = min(max(mom, _MOMENTUM_EPS), 1.0 - _MOMENTUM_EPS)
         log_lr.append(torch.tensor(math.log(lr), dtype=dtype))
         logit_m.append(torch.tensor(math.log(m / (1.0 - m)), dtype=dtype))
+    if spec.segments > 1:  # a schedule: the same values in every segment
+        return tuple(t.expand(spec.segments).clone() for t in log_lr + logit_m)
     return tuple(log_lr) + tuple(logit_m)
 
 
@@ -152,10 +168,17 @@ def from_hparams(spec: HyperSpec, hparams: Sequence[Tensor]) -> dict[str, float]
     g = spec.num_groups
     out: dict[str, float] = {}
     for i, name in enumerate(spec.groups):
-        out[f"lr:{name}"] = float(torch.as_tensor(hparams[i]).double().exp())
+        out[f"alpha:{name}"] = float(torch.as_tensor(hparams[i]).double().exp())
     for i, name in enumerate(spec.groups):
         out[f"momentum:{name}"] = float(torch.sigmoid(torch.as_tensor(hparams[g + i]).double()))
     return out
+
+
+def sgd_lrs(params: dict[str, float]) -> dict[str, float]:
+    """``{"lr:<group>": alpha * (1 - beta)}``: the SGD learning rates of Optuna params (the user attributes)."""
+    params = _legacy(dict(params))
+    return {"lr:" + k[len("alpha:"):]: v * (1.0 - params["momentum:" + k[len("alpha:"):]])
+            for k, v in params.items() if k.startswith("alpha:")}
 
 
 class OptunaObjective:
@@ -171,9 +194,10 @@ class OptunaObjective:
     With ``report_every=s``, the validation loss of :math:`w_t` is reported every
     ``s`` inner steps (``trial.report``) and the trial is pruned when the study's
     pruner says so. Each trial's cost in inner trainings (``steps run / T``) is
-    stored in the user attribute ``"cost"``, beside ``"method"`` (the sampler's name,
-    ``method``), ``"kind"`` (``"sampler"``) and ``"seconds"`` (wall seconds of its inner training), the
-    attributes :class:`hypergrad.studies.StudyRecorder` gives hypergrad's own trials.
+    stored in the user attribute ``"cost"``, beside ``"lr:<group>"`` (the SGD learning rates),
+    ``"method"`` (the sampler's name, ``method``), ``"kind"`` (``"sampler"``) and ``"seconds"``
+    (wall seconds of its inner training), the attributes :class:`hypergrad.studies.StudyRecorder`
+    gives hypergrad's own trials.
     """
 
     def __init__(
@@ -218,6 +242,8 @@ class OptunaObjective:
         trial.set_user_attr("method", self.method)
         trial.set_user_attr("kind", "sampler")
         params = self.space.suggest(trial, self.objective.spec)
+        for name, lr in sgd_lrs(params).items():
+            trial.set_user_attr(name, lr)
         t0 = time.perf_counter()  # seconds: the inner training, not the sampler's or the storage's time
         hparams = self.hparams(params)
         problem = self.objective.problem

@@ -11,8 +11,12 @@ Series and Scalars dashboards shows the meta loss and the hyperparameter traject
 * ``sgd_lr/<tensor>``, ``sgd_momentum/<tensor>``: the hyperparameters as ``torch.optim.SGD`` reads
   them, ``lr`` :math:`= \alpha(1-\beta)` and ``momentum`` :math:`= \beta` (the numbers the CLI
   prints and ``results.json`` holds; per-element runs log the means);
+  a schedule (``segments > 1``) logs ``sgd_lr/<tensor>/segment_<s>`` per segment, and at the end
+  ``schedule/sgd_lr/<tensor>``, ``schedule/sgd_momentum/<tensor>``: the best schedule against the inner step;
 * ``solver/residual``, ``solver/iterations``, ``solver/spectral_radius`` (RBP methods);
 * ``summary/<metric>``: the final evaluation of the best hyperparameters (one point, at the end);
+  an ``"online"`` run (one training, never restarted) logs every scalar against its inner step
+  (:attr:`~hypergrad.records.MetaStepRecord.inner_step`) instead of the meta step;
 * ``tuner/alpha/<tensor>`` (the step size :math:`\alpha` of the paper's update
   :math:`w' = w + \alpha v'`), ``tuner/hypergrad_norm``, ``tuner/hypergrad_spread``,
   ``tuner/meta_lr``, ``tuner/seconds_per_meta_step``.
@@ -36,6 +40,7 @@ from torch import nn
 
 from hypergrad._imports import optional_import
 from hypergrad.config import TuneConfig
+from hypergrad.hyperparams import segment_bounds
 from hypergrad.records import MetaStepRecord, TuneResult
 
 __all__ = ["Callback", "LoggingCallback", "ProgressBar", "TensorBoardLogger", "TuningRun", "architecture_summary",
@@ -210,7 +215,8 @@ class TensorBoardLogger(Callback):
         self.writer.flush()
 
     def on_meta_step(self, tuner: TuningRun, record: MetaStepRecord) -> None:
-        step = record.step
+        # an online run (one training, never restarted) is plotted against its inner steps
+        step = record.step if record.inner_step is None else record.inner_step
         w = self.writer
 
         def scalar(tag: str, value: Any) -> None:
@@ -220,9 +226,13 @@ class TensorBoardLogger(Callback):
         scalar("meta/val_loss", record.val_loss)
         scalar("meta/train_loss", record.train_loss)
         for name, hp in record.hyperparameters.items():
-            scalar(f"sgd_lr/{_tag(name)}", hp.get("lr", hp.get("lr_mean")))
-            scalar(f"sgd_momentum/{_tag(name)}", hp.get("momentum", hp.get("momentum_mean")))
-            scalar(f"tuner/alpha/{_tag(name)}", hp.get("alpha", hp.get("alpha_mean")))
+            for tag, key in (("sgd_lr", "lr"), ("sgd_momentum", "momentum"), ("tuner/alpha", "alpha")):
+                value = hp.get(key, hp.get(f"{key}_mean"))
+                if isinstance(value, list):  # a schedule: one curve per segment
+                    for s, v in enumerate(value):
+                        scalar(f"{tag}/{_tag(name)}/segment_{s}", v)
+                else:
+                    scalar(f"{tag}/{_tag(name)}", value)
         solver = record.solver
         if solver is not None and solver.skipped is None:
             scalar("solver/residual", solver.residual)
@@ -235,7 +245,10 @@ class TensorBoardLogger(Callback):
         w.flush()
 
     def on_end(self, tuner: TuningRun, result: TuneResult) -> None:
-        step = max(tuner.step_count - 1, 0)
+        last = result.history[-1] if result.history else None
+        step = last.inner_step if last is not None and last.inner_step is not None else max(tuner.step_count - 1, 0)
+        if result.spec.segments > 1:
+            self._schedule(result)
         for metric in _SUMMARY_METRICS:
             value = result.evaluation.get("best", {}).get(metric)
             if isinstance(value, (int, float)) and math.isfinite(value):
@@ -243,6 +256,21 @@ class TensorBoardLogger(Callback):
         self.writer._get_file_writer().add_summary(_session_end(), step)
         self.writer.flush()
         self.writer.close()
+
+
+    def _schedule(self, result: TuneResult) -> None:
+        """The best schedule against the inner step: ``schedule/sgd_lr/<tensor>``, ``schedule/sgd_momentum/<tensor>``.
+
+        Each segment's value at its first and its last inner step, so the curve is the step function SGD follows.
+        """
+        bounds = segment_bounds(result.config.inner_steps, result.spec.segments)
+        for name, hp in result.hyperparameters.items():
+            for tag, key in (("schedule/sgd_lr", "lr"), ("schedule/sgd_momentum", "momentum")):
+                values = hp.get(key, hp.get(f"{key}_mean"))
+                for (a, b), v in zip(bounds, values if isinstance(values, list) else []):
+                    if math.isfinite(v):
+                        for t in sorted({a, b - 1}):
+                            self.writer.add_scalar(f"{tag}/{_tag(name)}", float(v), t)
 
 
 class ProgressBar(Callback):
@@ -256,14 +284,16 @@ class ProgressBar(Callback):
     def __init__(self, *, disable: bool | None = None, desc: str = "meta steps", total: int | None = None) -> None:
         self.disable = disable
         self.desc = desc
-        self.total = total  # default: config.meta_steps (a warm-started run counts from its first step)
+        self.total = total  # default: config.budget, else meta_steps (a warm-started run counts from its first step)
         self.bar: Any = None
 
     def on_start(self, tuner: TuningRun) -> None:
         from tqdm.auto import tqdm
 
+        cfg = tuner.config
+        default = cfg.budget if cfg.budget is not None else cfg.meta_steps  # the strategies' budget
         self.bar = tqdm(
-            total=self.total if self.total is not None else tuner.config.meta_steps, initial=tuner.step_count,
+            total=self.total if self.total is not None else default, initial=tuner.step_count,
             desc=self.desc, disable=self.disable,
             dynamic_ncols=True,
         )

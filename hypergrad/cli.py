@@ -75,12 +75,28 @@ def _add_tune_flags(p: argparse.ArgumentParser) -> None:
     o.add_argument("--overwrite", action="store_true",
                    help="start afresh even if --logdir has a checkpoint (its TensorBoard event files are removed)")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
-    s = p.add_argument_group("optuna study (refine a black-box search)")
+    s = p.add_argument_group("optuna studies (refine a study; share the hybrid strategy's global phase)")
     s.add_argument("--from-study", default=None, metavar="STORAGE",
-                   help="start from the best completed trial of the Optuna study --study-name in STORAGE "
-                        "(sqlite:///FILE.db, journal:FILE, postgresql://...) and write every meta step back to it "
-                        "as a trial (user attrs method, cost, seconds); --meta-steps more steps are run")
-    s.add_argument("--study-name", default=None, metavar="NAME", help="the study of --from-study")
+                   help="start from the best completed trials of the Optuna study --study-name in STORAGE "
+                        "(sqlite:///FILE.db, journal:FILE, postgresql://...): the hybrid strategy's refinement "
+                        "from the --refine-from best (strategies auto, sign, hybrid), or the gradient strategy "
+                        "from the best one; --budget (default --meta-steps) more inner trainings, each written "
+                        "back to the study as a trial (user attrs method, cost, seconds)")
+    s.add_argument("--study-name", default=None, metavar="NAME", help="the study of --from-study or --storage")
+    s.add_argument("--storage", default=None, metavar="STORAGE",
+                   help="--strategy hybrid: run the global phase's TPE trials into the study --study-name in "
+                        "STORAGE (made if missing), shared with any --worker processes given the same flags; "
+                        "then refine from the study's best trials and write every step back")
+    s.add_argument("--worker", action="store_true",
+                   help="with --storage: run TPE trials of the shared global phase only, then exit. Trial k is "
+                        "drawn by TPE seeded from --seed and k, seeing the trials finished so far: one process "
+                        "draws what an in-memory run draws (reproducible by seed); with several, what each "
+                        "trial saw depends on timing, so the global phase is not reproducible (the refinement "
+                        "from a given study is)")
+    s.add_argument("--refine-from", type=_positive_int, default=2, metavar="K",
+                   help="the hybrid strategy refines from the K best distinct trials in turn (default 2)")
+    s.add_argument("--wait-workers", type=float, default=600.0, metavar="SECONDS",
+                   help="with --storage: how long to wait for trials still running in workers (600)")
     d = p.add_argument_group("distributed (under torchrun)")
     d.add_argument(
         "--dist-backend",
@@ -156,43 +172,57 @@ def cmd_tune(args: argparse.Namespace) -> int:
             old.unlink()
     if logdir is not None and state is None and parallel is not None:
         parallel.barrier()  # every rank checks the folder before rank 0 writes to it
-    study = _open_study(args, cfg, run) if args.from_study else None
+    from hypergrad.study_runs import plan_from_args
+
+    if (args.from_study or args.storage) and cfg.segments > 1:
+        raise UsageError(f"--from-study and --storage cannot hold a schedule (--segments {cfg.segments}): an Optuna "
+                         "trial holds one value per hyperparameter")
+    plan = plan_from_args(args, cfg, state.get("study") if state is not None else None)
+    study = plan.open(cfg, run, create=plan.mode == "shared") if plan is not None else None
     problem, split = build_problem(run, cfg, parallel=parallel)
     callbacks: list[Any] = []
     if main_rank:
         callbacks.append(LoggingCallback())
-    progress = ProgressBar() if main_rank and not args.no_progress else None
+    periods = cfg.inner_steps // cfg.online_period if cfg.strategy == "online" else None  # online: a step a period
+    progress = ProgressBar(total=periods) if main_rank and not args.no_progress else None
     if progress is not None:
         callbacks.append(progress)
-    tuner = Tuner(problem, cfg, callbacks=callbacks, x_test=split.x_test, y_test=split.y_test,
-                  strategy=cfg.strategy)
+    strategy: Any = cfg.strategy
+    if plan is not None:
+        strategy = plan.make_strategy()
+    elif cfg.strategy == "hybrid":
+        from hypergrad.strategies import HybridStrategy
+
+        strategy = HybridStrategy(refine_from=args.refine_from)
+    tuner = Tuner(problem, cfg, callbacks=callbacks, x_test=split.x_test, y_test=split.y_test, strategy=strategy)
     if state is not None:
         tuner.load_state_dict(state["tuner"])
     budget = None
-    if study is not None:
-        from hypergrad.studies import StudyRecorder, warm_start_from_study
-
-        start = warm_start_from_study(tuner, study)
-        budget = start.step + cfg.meta_steps
+    if plan is not None and plan.worker:
+        done = plan.run_worker(tuner, study, cfg)
+        if run.out:
+            _write_json(run.out, done)
+        return EXIT_OK
+    if plan is not None and main_rank:  # other ranks neither read nor write the study
+        budget = plan.start(tuner, study, cfg, resumed=state is not None)
         if progress is not None:
-            progress.total = budget
-        if main_rank:
-            tuner.callbacks.append(StudyRecorder(study, space=start.space))
-            print(f"starting from trial {start.trial} of study {study.study_name!r} (value {start.value:.4f}); "
-                  f"meta steps {start.step}..{budget - 1} are written back to it", file=sys.stderr)
+            progress.total = budget if budget is not None else getattr(tuner.state, "budget", None)
     if logdir is not None and main_rank:
-        tuner.callbacks.append(TensorBoardLogger(logdir, global_step_offset=tuner.step_count, dataset=run.dataset))
+        offset = getattr(tuner.state, "inner_step", tuner.step_count)  # online runs log against inner steps
+        tuner.callbacks.append(TensorBoardLogger(logdir, global_step_offset=offset, dataset=run.dataset))
     saved_values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
 
     def checkpoint(t: Tuner) -> None:
         if logdir is not None and main_rank:
-            save_checkpoint(logdir, {"run": saved_values, "tuner": t.state_dict()})
+            extra = {"study": plan.to_checkpoint()} if plan is not None else {}
+            save_checkpoint(logdir, {"run": saved_values, "tuner": t.state_dict(), **extra})
 
     if parallel is not None and main_rank:
         print(f"data-parallel over {parallel.world_size} processes (torch.distributed)", file=sys.stderr)
     if main_rank:
         print(
-            f"tuning {cfg.per} learning rates and momenta ({problem.spec.num_hyperparameters} hyperparameters) "
+            f"tuning {cfg.per} learning rates and momenta{_schedule_words(cfg)} ({tuner.spec.num_hyperparameters} "
+            f"hyperparameters) "
             f"of an MLP {split.num_features}-{'-'.join(map(str, run.hidden))}-{split.num_classes} on {run.dataset} "
             f"with {_describe_strategy(cfg)} (T={cfg.inner_steps}, K={cfg.truncate}, M={cfg.hyper_batches}, "
             f"N={cfg.meta_steps if cfg.budget is None else cfg.budget})",
@@ -214,22 +244,28 @@ def cmd_tune(args: argparse.Namespace) -> int:
     out = run.out or (str(logdir / "results.json") if logdir is not None else None)
     summary = result.to_json()
     summary["run"] = saved_values
+    if plan is not None:
+        from hypergrad.compare import redact
+
+        summary["study"] = {"storage": redact(plan.storage), "study_name": plan.study_name, "mode": plan.mode}
     if out:
         _write_json(out, summary)
     ev = result.evaluation
-    final = f"; final {ev['final']['val_loss']:.4f}" if "final" in ev else ""
-    where = "" if "selection" not in result.info else (
-        f", mean of {len(result.info['selection']['salts'])} unseen batch orders")
-    print(
-        f"validation loss: {ev['initial']['val_loss']:.4f} (initial) -> {ev['best']['val_loss']:.4f} "
-        f"(best, meta step {result.best_step}{where}){final}"
-    )
-    if result.info:
-        print(f"inner trainings: {result.info['inner_trainings']} of a budget of {result.info['budget']}; "
-              f"hypergradient: {result.info['estimator']['reason']}")
-    if "test_accuracy" in ev["initial"]:
-        print(f"test accuracy:   {ev['initial']['test_accuracy']:.4f} -> {ev['best']['test_accuracy']:.4f}")
-    if problem.spec.per != "element":
+    if result.weights is not None:  # the online strategy: one run, evaluated as it is
+        info = result.info
+        print(f"validation loss: {ev['final']['val_loss']:.4f} (the one online run's weights after "
+              f"{info['inner_steps']} inner steps, {info['meta_updates']} meta steps every {info['online_period']})")
+        if "test_accuracy" in ev["final"]:
+            print(f"test accuracy:   {ev['final']['test_accuracy']:.4f}")
+        print("the run's schedule (one segment per period) is in the results JSON's \"schedule\"; the "
+              "param groups below are its last period's values")
+    else:
+        _print_losses(result)
+        if "test_accuracy" in ev["initial"]:
+            print(f"test accuracy:   {ev['initial']['test_accuracy']:.4f} -> {ev['best']['test_accuracy']:.4f}")
+    if problem.spec.per != "element" and result.spec.segments > 1:
+        _print_schedule(result)
+    elif problem.spec.per != "element":
         print("torch.optim.SGD param groups (lr = alpha*(1-beta), momentum = beta, dampening = 0):")
         groups = result.param_groups()
         lr_fmt = column_format([g["lr"] for g in groups])
@@ -243,26 +279,40 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return code
 
 
-def _open_study(args: argparse.Namespace, cfg: TuneConfig, run: RunConfig) -> Any:
-    """The existing study of ``--from-study STORAGE --study-name NAME``, checked against this problem."""
-    from hypergrad._imports import optional_import
-    from hypergrad.baselines import make_storage
-    from hypergrad.studies import check_study_problem
+def _print_losses(result: Any) -> None:
+    """The summary line of a run that restarts: initial -> best (-> final) validation loss."""
+    ev = result.evaluation
+    final = f"; final {ev['final']['val_loss']:.4f}" if "final" in ev else ""
+    where = "" if "selection" not in result.info else (
+        f", mean of {len(result.info['selection']['salts'])} unseen batch orders")
+    print(
+        f"validation loss: {ev['initial']['val_loss']:.4f} (initial) -> {ev['best']['val_loss']:.4f} "
+        f"(best, meta step {result.best_step}{where}){final}"
+    )
+    if result.info:
+        print(f"inner trainings: {result.info['inner_trainings']} of a budget of {result.info['budget']}; "
+              f"hypergradient: {result.info['estimator']['reason']}")
 
-    optuna = optional_import("optuna", "optuna", purpose="--from-study")
-    if args.resume:
-        raise UsageError("--from-study starts a new run; it cannot be combined with --resume")
-    if not args.study_name:
-        raise UsageError("--from-study needs --study-name NAME (the study to start from)")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.load_study(study_name=args.study_name, storage=make_storage(args.from_study))
-    except KeyError:
-        raise UsageError(f"no study {args.study_name!r} in --from-study {args.from_study!r}") from None
-    key = {"inner_steps": cfg.inner_steps, "batch_size": cfg.batch_size, "per": cfg.per, "seed": cfg.seed,
-           "meta_loss": cfg.meta_loss, "dataset": run.dataset, "hidden": list(run.hidden), "n_train": run.n_train}
-    check_study_problem(study, key)
-    return study
+
+def _schedule_words(cfg: TuneConfig) -> str:
+    return f" as a schedule of {cfg.segments} segments" if cfg.segments > 1 else ""
+
+
+def _print_schedule(result: Any) -> None:
+    """The tuned schedule: per tensor, the SGD lr and momentum of each segment (steps a-b)."""
+    from hypergrad.hyperparams import segment_bounds
+
+    bounds = segment_bounds(result.config.inner_steps, result.spec.segments)
+    print(f"schedule of {len(bounds)} segments, inner steps "
+          + ", ".join(f"{a}-{b - 1}" for a, b in bounds)
+          + " (lr = alpha*(1-beta) for torch.optim.SGD, dampening = 0; export: result.scheduler(optimizer)):")
+    described = result.hyperparameters
+    lr_fmt = column_format([x for d in described.values() for x in d["lr"]])
+    width = max(len(name) for name in described)
+    for name, d in described.items():
+        lrs = " ".join(f"{x:{lr_fmt}}" for x in d["lr"])
+        moms = " ".join(f"{x:.4f}" for x in d["momentum"])
+        print(f"  {name:<{width}}  lr=[{lrs}]  momentum=[{moms}]")
 
 
 # ---------------------------------------------------------------------- check-grad

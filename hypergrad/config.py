@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from hypergrad.hyperparams import GRANULARITIES
-from hypergrad.methods import method_names
+from hypergrad.methods import get_method, method_names
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -50,6 +50,7 @@ __all__ = [
     "TuneConfig",
     "add_config_flags",
     "build_configs",
+    "check_online",
     "flag_values",
     "float_flag",
     "int_flag",
@@ -63,10 +64,10 @@ __all__ = [
 
 DIVERGENCE_POLICIES = ("backoff", "skip", "clip", "fallback", "stop")
 #: The built-in strategies (:data:`hypergrad.strategies.STRATEGIES`, which a test keeps equal to this).
-STRATEGY_NAMES = ("auto", "gradient", "sign", "hybrid")
+STRATEGY_NAMES = ("auto", "gradient", "sign", "hybrid", "online")
 DATASETS = ("digits", "mnist")
 #: The methods the Tuner runs: forward mode is in the core only until the Tuner takes it (issue 15).
-TUNER_METHODS = method_names("unrolled") + method_names("implicit")
+TUNER_METHODS = method_names("unrolled") + method_names("implicit") + method_names("forward")
 
 
 class ConfigError(ValueError):
@@ -118,6 +119,9 @@ class TuneConfig:
                            "ignored by bptt", minimum=1)
     meta_steps: int = _field(50, "N, meta steps", minimum=1, group="meta")
     hyper_batches: int = _field(4, "M, minibatches the RBP hypergradient is averaged over", minimum=1)
+    segments: int = _field(1, "S, piecewise-constant values of every hyperparameter over the T inner steps "
+                           "(a schedule; 1: constant); S > 1 needs an unrolled or forward hypergradient "
+                           "(bptt, tbptt or forward)", minimum=1)
     meta_lr: float = _field(0.05, "Adam's learning rate on the unconstrained hyperparameters", positive=True,
                             group="meta")
     per: str = _field("tensor", "hyperparameter granularity", choices=GRANULARITIES)
@@ -153,7 +157,9 @@ class TuneConfig:
     strategy: str = _field(
         "auto", "the meta loop: gradient (Adam on the hypergradient of --method, the paper's), sign "
         "(sign steps with per-hyperparameter step sizes, BPTT or RBP by --max-memory, selection on unseen "
-        "batch orders), hybrid (TPE, then sign steps from its best trials) or auto (the measured default)",
+        "batch orders), hybrid (TPE, then sign steps from its best trials), online (one training of "
+        "--inner-steps steps, never restarted, with a meta step every --online-period steps) or auto (the "
+        "measured default)",
         choices=STRATEGY_NAMES, group="meta")
     budget: int | None = _field(
         None, "inner trainings of T steps the whole run spends: meta steps, search trials and selection "
@@ -164,6 +170,9 @@ class TuneConfig:
         none="min(2, a share of the free memory)", group="meta")
     global_trials: int | None = _field(
         None, "hybrid: TPE trials of the global phase", minimum=1, none="0.3 x budget", group="meta")
+    online_period: int = _field(
+        20, "online: P, inner steps between two meta steps of the one run (--inner-steps must be a multiple)",
+        minimum=1, group="meta")
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -172,6 +181,16 @@ class TuneConfig:
                 f"method={self.method!r} is not supported by the Tuner yet (it runs {', '.join(TUNER_METHODS)}); "
                 f"compute a {self.method} hypergradient with hypergrad.gradient(..., method={self.method!r})"
             )
+        if self.strategy == "online":
+            check_online(self)
+        if self.segments > self.inner_steps:
+            raise ConfigError(f"segments ({self.segments}) must not exceed inner_steps ({self.inner_steps}): "
+                              "every segment needs at least one inner step")
+        if self.segments > 1 and self.strategy == "gradient" and get_method(self.method).family == "implicit":
+            raise ConfigError(
+                f"segments={self.segments} (a schedule) needs method bptt, tbptt or forward with the gradient "
+                f"strategy; {self.method} differentiates at the last state only and sees no segment but the last"
+            )
         if self.method == "tbptt" and self.truncate > self.inner_steps:
             raise ConfigError(
                 f"truncate ({self.truncate}) must not exceed inner_steps ({self.inner_steps}) for tbptt"
@@ -179,6 +198,22 @@ class TuneConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def check_online(config: TuneConfig) -> None:
+    """The settings the ``"online"`` strategy needs: ``inner_steps = S * online_period``, no ``budget``."""
+    t, p = config.inner_steps, config.online_period
+    if p > t:
+        raise ConfigError(f"online_period ({p}) must not exceed inner_steps ({t}), the length of the one online run")
+    if t % p:
+        raise ConfigError(f"inner_steps ({t}) must be a multiple of online_period ({p}) for the online strategy "
+                          f"(one hyperparameter segment per period), e.g. inner_steps={t - t % p or p}")
+    if config.segments != 1:
+        raise ConfigError(f"segments={config.segments} is not used by the online strategy: its schedule is its "
+                          "trajectory, one segment per online_period; leave segments at 1")
+    if config.budget is not None:
+        raise ConfigError(f"budget={config.budget} is not used by the online strategy: it runs ONE training of "
+                          "inner_steps steps; set inner_steps (and online_period) instead")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -172,9 +172,10 @@ class _Tangents:
 
     def __init__(self, vectorize: bool | None, chunk_size: int | None) -> None:
         self.vectorize, self.chunk_size = vectorize, chunk_size
+        self.reverse = False  # the JVPs by two reverse passes, where an operation lacks a forward-mode rule
 
     def advance(self, f: Callable[[Tree, Tree], Tree], h: Tree, w: Tree, z: Tree, e: Tree) -> tuple[Tree, Tree]:
-        if self.vectorize is not False:
+        if self.vectorize is not False and not self.reverse:
             try:
                 return self._vmapped(f, h, w, z, e)
             except Exception as exc:  # vmap cannot batch this map: loop over the directions instead
@@ -203,6 +204,8 @@ class _Tangents:
         return h_new, z_new
 
     def _looped(self, f: Callable[[Tree, Tree], Tree], h: Tree, w: Tree, z: Tree, e: Tree) -> tuple[Tree, Tree]:
+        if self.reverse:
+            return self._double_vjp(f, h, w, z, e)
         results = []
         rng = _RngState(h)
         for d in range(e[0].shape[0]):
@@ -210,12 +213,52 @@ class _Tangents:
             try:
                 results.append(jvp(f, (h, w), (tuple(t[d] for t in z), tuple(t[d] for t in e))))
             except RuntimeError as exc:
-                raise RuntimeError(
-                    "forward_grad: torch.func.jvp of the step map failed; the map must be composable with "
-                    "torch.func transforms (inner gradients by torch.func.grad, not torch.autograd.grad: "
-                    f"InnerProblem.functional_step, not InnerProblem.step): {exc}"
-                ) from exc
+                if d > 0 or not _no_forward_ad(exc):
+                    raise RuntimeError(
+                        "forward_grad: torch.func.jvp of the step map failed; the map must be composable with "
+                        "torch.func transforms (inner gradients by torch.func.grad, not torch.autograd.grad: "
+                        f"InnerProblem.functional_step, not InnerProblem.step): {exc}"
+                    ) from exc
+                logger.info("forward_grad: an operation of the step map has no forward-mode derivative (%s); "
+                            "the Jacobian-vector products are taken by two reverse passes instead",
+                            str(exc).splitlines()[0][:120])
+                self.reverse = True
+                rng.restore()
+                return self._double_vjp(f, h, w, z, e)
         return tuple(results[0][0]), tuple(torch.stack([col[i] for _, col in results]) for i in range(len(z)))
+
+    @staticmethod
+    def _double_vjp(f: Callable[[Tree, Tree], Tree], h: Tree, w: Tree, z: Tree, e: Tree) -> tuple[Tree, Tree]:
+        r"""The same columns :math:`J_t Z_t[d] + (\partial F_t/\partial w) e_d` by reverse mode only.
+
+        With :math:`g(u) = u^\top \partial F` (a VJP built with ``create_graph``), the JVP
+        is the VJP of :math:`g` in :math:`u`: ``autograd.grad(g, u, (z_d, e_d))``. It needs
+        double backward instead of forward-mode rules (``F.mse_loss``'s mean reduction has
+        none, pytorch/pytorch#123996; ``F.huber_loss`` neither); the map runs once per step.
+        """
+        with torch.enable_grad():
+            hs = tuple(t.detach().requires_grad_(True) for t in h)
+            ws = tuple(t.detach().requires_grad_(True) for t in w)
+            out = tuple(f(hs, ws))
+            us = tuple(torch.zeros_like(o, requires_grad=True) for o in out)
+            g = torch.autograd.grad(out, hs + ws, us, create_graph=True, allow_unused=True)
+            pairs = [(gi, vi) for gi, vi in zip(g, (*z, *e)) if gi is not None and gi.requires_grad]
+            cols: list[list[Tensor]] = [[] for _ in out]
+            for d in range(e[0].shape[0]):
+                if not pairs:
+                    cols_d = [None] * len(out)
+                else:
+                    cols_d = torch.autograd.grad([gi for gi, _ in pairs], us, [vi[d] for _, vi in pairs],
+                                                 retain_graph=True, allow_unused=True)
+                for i, (c, o) in enumerate(zip(cols_d, out)):
+                    cols[i].append(torch.zeros_like(o) if c is None else c.detach())
+        return tuple(o.detach() for o in out), tuple(torch.stack(c) for c in cols)
+
+
+def _no_forward_ad(exc: BaseException) -> bool:
+    """Whether ``exc`` says an operation has no (working) forward-mode derivative, which reverse mode may have."""
+    text = str(exc)
+    return "ZeroTensors are immutable" in text or "forward AD" in text or "forward-mode AD" in text
 
 
 def forward_grad(
@@ -276,8 +319,11 @@ def forward_grad(
     Note:
         Forward mode differentiates the inner gradient forward-over-reverse, which some
         PyTorch operations do not support yet; notably ``F.mse_loss`` with
-        ``reduction="mean"`` fails with "ZeroTensors are immutable" (pytorch/pytorch#123996):
-        write the loss as ``((pred - y) ** 2).mean()`` or ``F.mse_loss(..., reduction="sum") / n``.
+        ``reduction="mean"`` fails with "ZeroTensors are immutable" (pytorch/pytorch#123996)
+        and ``F.huber_loss`` has no forward-mode rule. Where the first JVP fails so, the run
+        takes every JVP by two reverse passes instead (:math:`Jv` as the VJP of the VJP, the
+        same numbers, logged once), which costs more: ``((pred - y) ** 2).mean()`` keeps the
+        fast path.
 
     Raises:
         ValueError: a bad ``num_steps``, a non-floating ``params`` or state tensor, a

@@ -95,8 +95,24 @@ class MetaObjective:
 
     @property
     def spec(self) -> HyperSpec:
-        """The hyperparameter layout (the problem's)."""
-        return self.problem.spec
+        """The hyperparameter layout: the problem's, with ``config.segments`` segments (a schedule when > 1)."""
+        spec = self.problem.spec
+        return spec if self.config.segments == 1 else spec.with_segments(self.config.segments)
+
+    def segment_runs(self, start: int = 0, stop: int | None = None) -> list[tuple[int, int, int]]:
+        """``(segment, a, b)``: the inner steps ``a <= t < b`` of ``[start, stop)`` that use each segment, in order."""
+        num_steps = self.config.inner_steps
+        stop = num_steps if stop is None else stop
+        seg = self.spec.segment_of(num_steps)
+        if seg is None:
+            return [(0, start, stop)] if stop > start else []
+        runs: list[tuple[int, int, int]] = []
+        for t in range(start, stop):
+            if runs and runs[-1][0] == seg[t]:
+                runs[-1] = (seg[t], runs[-1][1], t + 1)
+            else:
+                runs.append((seg[t], t, t + 1))
+        return runs
 
     @property
     def meta_split(self) -> str:
@@ -147,10 +163,36 @@ class MetaObjective:
         device = self.problem.device
         return tuple(h.detach().to(device) for h in hparams)
 
+    def run_steps(
+        self,
+        hparams: Tree,
+        batches: Sequence[Batch],
+        *,
+        start: int = 0,
+        stop: int | None = None,
+        state: Tree | None = None,
+        on_step: Callable[[int, Tree], None] | None = None,
+    ) -> Tree:
+        """Inner steps ``start <= t < stop`` (default: all ``T``) without a graph, from ``state`` (default :math:`h_0`).
+
+        ``batches`` holds the minibatches of those steps. With a schedule (``segments > 1``)
+        each step takes the values of its segment (:meth:`segment_runs`), the run of
+        :class:`~hypergrad.hyperparams.SGDSchedule`; ``on_step(t, state)`` counts ``t`` from ``start``.
+        """
+        hp = self._hp(hparams)
+        if self.config.segments == 1:
+            return self.problem.train(hp, batches, state=state, on_step=on_step)
+        spec = self.spec
+        for segment, a, b in self.segment_runs(start, stop):
+            hook = None if on_step is None else (lambda t, h, a=a: on_step(t + a - start, h))
+            state = self.problem.train(spec.at_segment(hp, segment), batches[a - start : b - start], state=state,
+                                       on_step=hook)
+        return self.problem.initial_state() if state is None else state
+
     def train(self, hparams: Tree, salt: int, *, on_step: Callable[[int, Tree], None] | None = None) -> Tree:
         """One inner training (no graph) with ``hparams`` on the batches of ``salt``; returns :math:`h_T`."""
         with self.problem.rng(self.seed(salt)):
-            return self.problem.train(self._hp(hparams), self.batches(salt), on_step=on_step)
+            return self.run_steps(hparams, self.batches(salt), on_step=on_step)
 
     def value(self, hparams: Tree, salt: int, *, on_step: Callable[[int, Tree], None] | None = None) -> float:
         """The meta loss of ``hparams``: ONE inner training on the batches of ``salt``, then its meta loss.
@@ -159,7 +201,7 @@ class MetaObjective:
         :meth:`hypergradient` and :meth:`evaluate`; non-finite losses are returned as they are.
         """
         with self.problem.rng(self.seed(salt)):
-            h_t = self.problem.train(self._hp(hparams), self.batches(salt), on_step=on_step)
+            h_t = self.run_steps(hparams, self.batches(salt), on_step=on_step)
             with torch.no_grad():
                 return float(self.meta_loss(h_t[: self.problem.num_tensors]))
 
@@ -174,19 +216,23 @@ class MetaObjective:
         """
         problem = self.problem
         with problem.rng(self.seed(salt)):
-            h_t = problem.train(self._hp(hparams), self.batches(salt))
-            w = h_t[: problem.num_tensors]
-            with torch.no_grad():
-                out = {
-                    "val_loss": float(problem.eval_loss(w, "val")),
-                    "train_loss": float(problem.eval_loss(w, "train")),
-                }
-                if self.test_data is not None:
-                    test = problem.evaluate(w, self.test_data)
-                    out["test_loss"] = test.pop("loss")
-                    out.update({f"test_{k}": v for k, v in test.items()})
-                val = problem.evaluate(w, "val")
-                out.update({f"val_{k}": v for k, v in val.items() if k != "loss"})
+            h_t = self.run_steps(hparams, self.batches(salt))
+            return self.evaluate_weights(h_t[: problem.num_tensors])
+
+    def evaluate_weights(self, weights: Sequence[Tensor]) -> dict[str, float]:
+        """:meth:`evaluate`'s report of given inner weights (no training): losses and the metric."""
+        problem, w = self.problem, tuple(weights)
+        with torch.no_grad():
+            out = {
+                "val_loss": float(problem.eval_loss(w, "val")),
+                "train_loss": float(problem.eval_loss(w, "train")),
+            }
+            if self.test_data is not None:
+                test = problem.evaluate(w, self.test_data)
+                out["test_loss"] = test.pop("loss")
+                out.update({f"test_{k}": v for k, v in test.items()})
+            val = problem.evaluate(w, "val")
+            out.update({f"val_{k}": v for k, v in val.items() if k != "loss"})
         return out
 
     # ------------------------------------------------------------------ hypergradients
@@ -205,9 +251,15 @@ class MetaObjective:
         method = method or self.config.method
         batches = self.batches(salt) if batches is None else batches
         hp = self._hp(hparams)
+        family = get_method(method).family
+        if self.config.segments > 1 and family == "implicit":
+            raise ValueError(f"method={method!r} cannot differentiate a schedule (segments={self.config.segments}); "
+                             "use bptt, tbptt or forward")
         with self.problem.rng(self.seed(salt)):
-            if get_method(method).family == "unrolled":
+            if family == "unrolled":
                 return self._unrolled(hp, batches, method)
+            if family == "forward":
+                return self._forward(hp, batches)
             start = time.perf_counter()
             h_t = self.problem.train(hp, batches)
             inner_seconds = time.perf_counter() - start
@@ -221,13 +273,20 @@ class MetaObjective:
         start = time.perf_counter()
         timing: dict[str, float] = {}
         k = cfg.truncate if get_method(method).uses_truncate else cfg.inner_steps  # TBPTT: K; BPTT: all T
-        tail = iter(batches[cfg.inner_steps - k :])  # the steps differentiated through
+        first = cfg.inner_steps - k
+        tail = iter(batches[first:])  # the steps differentiated through
+        seg = self.spec.segment_of(cfg.inner_steps)
+        t = first
 
         def step(state: Tree, p: Tree) -> Tree:
+            nonlocal t
+            if seg is not None:  # a schedule: step t uses (and sends its gradient to) its segment's slice
+                p = tuple(h[seg[t]] for h in p)
+            t += 1
             return problem.step(state, p, *next(tail))
 
         def run(state: Tree, p: Tree, num_steps: int) -> Tree:  # the steps before them, without a graph
-            return problem.train(p, batches[:num_steps], state=state)
+            return self.run_steps(p, batches[:num_steps], stop=num_steps, state=state)
 
         def loss_fn(state: Tree) -> Tensor:
             timing["inner"] = time.perf_counter() - start  # the T steps, before the backward
@@ -235,6 +294,30 @@ class MetaObjective:
 
         out = gradient(step, problem.initial_state(), hp, loss_fn, method=method, num_steps=cfg.inner_steps,
                        truncate=cfg.truncate, run=run)
+        return HypergradResult(grad=tuple(out.grads), state=out.state, meta_loss=out.loss,
+                               inner_seconds=timing.get("inner"))
+
+    def _forward(self, hp: Tree, batches: Sequence[Batch]) -> HypergradResult:
+        r"""Forward mode (:func:`hypergrad.forward_grad`): BPTT's hypergradient, the tangents
+        :math:`\mathrm{d}h_t/\mathrm{d}\theta` carried through the ``T`` steps, memory constant in ``T``.
+
+        The step map is :meth:`InnerProblem.functional_step` (``torch.func``-composable); a
+        schedule's steps use their segments (``segment_of``).
+        """
+        problem, cfg = self.problem, self.config
+        n = problem.num_tensors
+        start = time.perf_counter()
+        timing: dict[str, float] = {}
+
+        def step(state: Tree, p: Tree, batch: Batch) -> Tree:
+            return problem.functional_step(state, p, *batch)
+
+        def loss_fn(state: Tree) -> Tensor:
+            timing["inner"] = time.perf_counter() - start
+            return self.meta_loss(state[:n])
+
+        out = gradient(step, problem.initial_state(), hp, loss_fn, method="forward", num_steps=cfg.inner_steps,
+                       inputs=batches, segment_of=self.spec.segment_of(cfg.inner_steps))
         return HypergradResult(grad=tuple(out.grads), state=out.state, meta_loss=out.loss,
                                inner_seconds=timing.get("inner"))
 

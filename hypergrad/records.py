@@ -18,10 +18,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from hypergrad.config import TuneConfig
-from hypergrad.hyperparams import HyperSpec, to_sgd_param_groups
+from hypergrad.hyperparams import HyperSpec, SGDSchedule, segment_bounds, to_sgd_param_groups
 
 __all__ = ["HypergradResult", "MetaStepRecord", "SolverStats", "TuneResult", "finite_or_none"]
 
@@ -143,6 +144,9 @@ class MetaStepRecord:
         seconds: wall seconds of the whole step.
         inner_seconds: wall seconds of its inner training.
         hyperparameters: the evaluated hyperparameters, by tensor (:meth:`HyperSpec.describe`).
+        inner_step: the ``"online"`` strategy: the step of the one inner run at which this meta
+            step took its hypergradient (``None`` for the strategies that restart; left out of
+            :meth:`to_dict` then).
     """
 
     step: int
@@ -158,9 +162,11 @@ class MetaStepRecord:
     seconds: float = 0.0
     inner_seconds: float | None = None
     hyperparameters: Hyperparameters = field(default_factory=dict)
+    inner_step: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (the keys of ``results.json``'s history and of checkpoints)."""
+        online = {} if self.inner_step is None else {"inner_step": self.inner_step}
         return {
             "step": self.step,
             "meta_loss": self.meta_loss,
@@ -175,6 +181,7 @@ class MetaStepRecord:
             "seconds": self.seconds,
             "inner_seconds": self.inner_seconds,
             "hyperparameters": self.hyperparameters,
+            **online,
         }
 
     @classmethod
@@ -194,6 +201,7 @@ class MetaStepRecord:
             seconds=float(data.get("seconds", 0.0)),
             inner_seconds=finite_or_none(data.get("inner_seconds")),
             hyperparameters=dict(data.get("hyperparameters", {})),
+            inner_step=None if data.get("inner_step") is None else int(data["inner_step"]),
         )
 
 
@@ -212,6 +220,14 @@ class TuneResult:
         best_step: meta step of ``best`` (0: the initial hyperparameters).
         info: what the strategy reports besides (e.g. the ``"sign"`` strategy's hypergradient
             method and why, inner trainings spent, the selection's candidates); empty for ``"gradient"``.
+        weights: the ``"online"`` strategy: the trained weights of its one run (the model's trainable
+            tensors in ``spec.param_names`` order); ``None`` for the others.
+        schedule: the ``"online"`` strategy: the hyperparameters in force in each of its ``S``
+            periods, unconstrained, each tensor with a leading axis of ``S`` in the layout of
+            :attr:`schedule_spec` (``spec.with_segments(S)``; no segment axis when ``S = 1``):
+            ``torch.optim.SGD`` with :class:`~hypergrad.hyperparams.SGDSchedule` over them
+            reproduces :attr:`weights`.
+        schedule_spec: the layout of :attr:`schedule` (``None``: no schedule).
     """
 
     spec: HyperSpec
@@ -222,6 +238,9 @@ class TuneResult:
     evaluation: dict[str, dict[str, float]] = field(default_factory=dict)
     best_step: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+    weights: tuple[Tensor, ...] | None = None
+    schedule: tuple[Tensor, ...] | None = None
+    schedule_spec: HyperSpec | None = None
 
     @property
     def hyperparameters(self) -> Hyperparameters:
@@ -245,8 +264,30 @@ class TuneResult:
             params = model_or_params
         return to_sgd_param_groups(self.spec, self.best, params)
 
+    def scheduler(self, optimizer: torch.optim.Optimizer) -> SGDSchedule:
+        """The best schedule as a ``torch.optim`` scheduler for ``optimizer = SGD(result.param_groups(model))``.
+
+        Step it once after every ``optimizer.step()``: it sets each group's ``lr`` and
+        ``momentum`` for the next of the ``T = config.inner_steps`` steps, so that SGD takes the
+        inner loop's steps (:class:`~hypergrad.hyperparams.SGDSchedule`). With one segment the
+        values are constant and the scheduler changes nothing. For an ``"online"`` run it is
+        the run's trajectory (:attr:`schedule`), which replays the run's weights.
+        """
+        if self.schedule is not None and self.schedule_spec is not None:
+            return SGDSchedule(optimizer, self.schedule_spec, self.schedule, num_steps=self.config.inner_steps)
+        return SGDSchedule(optimizer, self.spec, self.best, num_steps=self.config.inner_steps)
+
     def to_json(self) -> dict[str, Any]:
         groups = self.param_groups() if self.spec.per != "element" else []
+        schedule = {}
+        if self.spec.segments > 1:
+            bounds = segment_bounds(self.config.inner_steps, self.spec.segments)
+            schedule = {"schedule": {"segments": self.spec.segments, "steps": [list(b) for b in bounds]}}
+        elif self.schedule is not None and self.schedule_spec is not None:  # an online run's trajectory
+            segments = self.schedule_spec.segments
+            bounds = segment_bounds(self.config.inner_steps, segments)
+            schedule = {"schedule": {"segments": segments, "steps": [list(b) for b in bounds],
+                                     "hyperparameters": self.schedule_spec.describe(self.schedule)}}
         return {
             "config": self.config.to_dict(),
             "num_hyperparameters": self.spec.num_hyperparameters,
@@ -264,4 +305,5 @@ class TuneResult:
             "hypergrad_norm": [r.hypergrad_norm for r in self.history],
             "history": [r.to_dict() for r in self.history],
             **({"strategy": self.info} if self.info else {}),
+            **schedule,
         }

@@ -163,7 +163,7 @@ def _out_is_a_directory(tmp: Path, mnist: Path) -> list[str]:
     return ["tune", "--out", str(tmp), *TINY]
 
 
-CHOICE = "bptt, tbptt, rbp, cg, neumann, gmres"
+CHOICE = "bptt, tbptt, rbp, cg, neumann, gmres, forward"
 YAML_ATTACK = '!!python/object/apply:os.system ["echo unsafe"]\n'
 YAML_ATTACK_ID = f"yml {YAML_ATTACK!r}"
 CASES: list[Case | pytest.param] = [

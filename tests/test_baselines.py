@@ -56,7 +56,7 @@ def tiny_objective(method: str = "neumann", inner_steps: int = 6, **kw) -> MetaO
 
 
 PARAMS = {
-    "lr:0.weight": 0.3, "lr:0.bias": 0.05, "lr:2.weight": 1.2, "lr:2.bias": 0.01,
+    "alpha:0.weight": 0.3, "alpha:0.bias": 0.05, "alpha:2.weight": 1.2, "alpha:2.bias": 0.01,
     "momentum:0.weight": 0.9, "momentum:0.bias": 0.0, "momentum:2.weight": 0.5, "momentum:2.bias": 0.25,
 }
 
@@ -68,7 +68,7 @@ def test_to_hparams_maps_onto_the_tuners_unconstrained_layout():
     assert len(hp) == len(tuner.hparams) == 2 * tuner.spec.num_groups
     lrs, moms = tuner.spec.per_tensor(hp)
     for name, a, b in zip(tuner.spec.param_names, lrs, moms):
-        assert float(a) == pytest.approx(PARAMS[f"lr:{name}"], rel=1e-6)
+        assert float(a) == pytest.approx(PARAMS[f"alpha:{name}"], rel=1e-6)
         assert float(b) == pytest.approx(PARAMS[f"momentum:{name}"], abs=2e-6)  # 0 -> 1e-6
     back = from_hparams(tuner.spec, hp)
     assert back.keys() == PARAMS.keys()
@@ -79,11 +79,11 @@ def test_to_hparams_maps_onto_the_tuners_unconstrained_layout():
 def test_to_hparams_rejects_missing_and_invalid_values():
     spec = tiny_tuner().spec
     with pytest.raises(ValueError, match="missing"):
-        to_hparams(spec, {"lr:0.weight": 0.1})
+        to_hparams(spec, {"alpha:0.weight": 0.1})
     with pytest.raises(ValueError, match=r"momentum:0\.bias"):
         to_hparams(spec, {**PARAMS, "momentum:0.bias": 1.0})
-    with pytest.raises(ValueError, match=r"lr:0\.weight"):
-        to_hparams(spec, {**PARAMS, "lr:0.weight": -1.0})
+    with pytest.raises(ValueError, match=r"alpha:0\.weight"):
+        to_hparams(spec, {**PARAMS, "alpha:0.weight": -1.0})
 
 
 def test_search_space_contains_the_tuners_initialisation_and_validates():
@@ -103,9 +103,9 @@ def test_suggestions_cover_every_group_with_log_uniform_lr():
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     trial = study.ask()
     params = SearchSpace().suggest(trial, spec)
-    assert sorted(params) == sorted([f"lr:{g}" for g in spec.groups] + [f"momentum:{g}" for g in spec.groups])
+    assert sorted(params) == sorted([f"alpha:{g}" for g in spec.groups] + [f"momentum:{g}" for g in spec.groups])
     dist = trial.distributions
-    assert dist["lr:0"].log and dist["lr:0"].low == 1e-3 and dist["lr:0"].high == 10.0
+    assert dist["alpha:0"].log and dist["alpha:0"].low == 1e-3 and dist["alpha:0"].high == 10.0
     assert not dist["momentum:0"].log and dist["momentum:0"].low == 0.0 and dist["momentum:0"].high == 0.99
 
 
@@ -159,7 +159,7 @@ def test_diverging_hparams_report_the_finite_fail_value():
     with torch.no_grad():
         w0_loss = float(meta.meta_loss(meta.problem.w0))
     assert objective.fail_value == pytest.approx(2 * w0_loss)
-    huge = {k: (1e6 if k.startswith("lr") else 0.0) for k in PARAMS}
+    huge = {k: (1e6 if k.startswith("alpha") else 0.0) for k in PARAMS}
     trial = optuna.trial.FixedTrial(huge, number=0)
     assert objective(trial) == objective.fail_value
     raw = trial.user_attrs["meta_loss"]

@@ -225,5 +225,5 @@ def test_registered_cli_reports_user_errors_with_exit_code_2(capsys):
     assert main(["compare", "--methods", "neumann,grid", "--budget", "2", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["hypergrad: error: unknown method 'grid' in --methods; expected gradient methods "
-                   "(bptt, tbptt, rbp, cg, neumann, gmres), samplers (tpe, random, cmaes), a hybrid "
+                   "(bptt, tbptt, rbp, cg, neumann, gmres, forward), samplers (tpe, random, cmaes), a hybrid "
                    "tpe+<gradient method> or strategies (auto, sign, hybrid)"]

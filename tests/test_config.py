@@ -60,9 +60,9 @@ def test_every_field_has_help_a_valid_default_and_documentation(cls, opt):
 
 def test_method_choices_come_from_the_method_table():
     (opt,) = [o for o in options(TuneConfig) if o.name == "method"]
-    # the table's unrolled and implicit families: the Tuner does not run forward mode yet
-    assert opt.choices == tuple(method_names("unrolled") + method_names("implicit"))
-    assert "forward" in method_names() and "forward" not in opt.choices
+    # every family of the table: unrolled, implicit and forward mode
+    assert opt.choices == tuple(method_names("unrolled") + method_names("implicit") + method_names("forward"))
+    assert opt.choices[-1] == "forward"
     with pytest.raises(ConfigError, match=r"method='sgd' is not allowed; expected one of bptt, tbptt, rbp, cg"):
         TuneConfig(method="sgd")
 

@@ -91,6 +91,31 @@ def test_inner_sgd_momentum_map_equals_bptt(per: str, count: int) -> None:
     assert min(float(g.abs().min()) for g in got) > 0  # every hyperparameter matters
 
 
+@pytest.mark.parametrize("loss", ["mse", "huber"])
+def test_a_loss_without_forward_mode_rules_takes_reverse_mode_jvps(loss: str, caplog) -> None:
+    """``F.mse_loss`` (mean) and ``F.huber_loss`` have no working forward-over-reverse rule
+    (pytorch/pytorch#123996): forward_grad takes the JVPs by two reverse passes, with BPTT's result."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(32, 5, generator=g, dtype=DT), torch.randn(32, 2, generator=g, dtype=DT)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2)).to(DT)
+    problem = InnerProblem(model, F.mse_loss if loss == "mse" else F.huber_loss, x, y, x[:16], y[:16],
+                           batch_size=8)
+    hp = tuple(t + 0.2 * torch.randn(t.shape, generator=g, dtype=DT) for t in problem.spec.init(0.3, 0.6, DT))
+    batches = list(problem.schedule(10, seed=1))
+    with caplog.at_level(logging.INFO, logger="hypergrad"):
+        got = forward_grad(lambda s, p, b: problem.functional_step(s, p, *b), problem.initial_state(), hp,
+                           len(batches), _meta_loss(problem), inputs=batches)
+    assert "two reverse passes" in caplog.text
+    rows = iter(batches)
+    want = unrolled_grad(lambda s, p: problem.step(s, p, *next(rows)), problem.initial_state(), hp, len(batches),
+                         _meta_loss(problem))
+    assert rel_err(got, want) < TOL
+    assert min(float(t.abs().min()) for t in got) > 0
+
+
 def test_functional_step_is_the_inner_step() -> None:
     problem, hp, batches = _mlp_problem("tensor")
     h = problem.initial_state()

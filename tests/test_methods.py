@@ -65,8 +65,8 @@ def test_core_and_tuner_names_agree_with_the_table() -> None:
         "UNROLLED_METHODS": method_names("unrolled"),
         "IMPLICIT_METHODS": method_names("implicit"),
         "STACKABLE_METHODS": tuple(m for m in ALL if METHODS[m].stackable),
-        "TUNE_METHODS": method_names("unrolled") + method_names("implicit"),  # forward: not in the Tuner yet
-        "TUNER_METHODS": method_names("unrolled") + method_names("implicit"),
+        "TUNE_METHODS": method_names("unrolled") + method_names("implicit") + method_names("forward"),
+        "TUNER_METHODS": method_names("unrolled") + method_names("implicit") + method_names("forward"),
     }
     modules = [tuner, config]
     with contextlib.suppress(ImportError):

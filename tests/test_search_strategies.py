@@ -173,10 +173,24 @@ def test_the_selection_uses_batch_orders_no_hypergradient_saw(name):
     assert cands[0]["step"] == -1 and len(cands) >= 2  # the start and at least one search point
     assert len(selected) == len(cands) * len(SELECTION_SALTS)
     chosen = cands[sel["chosen"]]
-    assert chosen["mean"] == min(c["mean"] for c in cands)
+    assert chosen["score"] == min(c["score"] for c in cands)  # the mean over the selection orders
+    assert sel["statistic"] == "mean"
+    assert not any(c["kind"] == "backoff" for c in cands)  # the robust selection is opt-in
     # what is reported is the mean over the selection orders
     assert result.evaluation["best"]["val_loss"] == pytest.approx(sum(chosen["values"]) / len(chosen["values"]))
     assert result.evaluation["best"]["val_loss"] <= result.evaluation["initial"]["val_loss"]
+
+
+def test_the_opt_in_robust_selection_scores_the_worst_order_and_adds_the_backoff():
+    cfg = _cfg(strategy="sign", budget=14)
+    objective = CountingObjective(tiny_problem(), cfg)
+    result = SignStrategy(backoff=0.8, statistic="max").run(objective, cfg)
+    sel = result.info["selection"]
+    cands = sel["candidates"]
+    assert sel["statistic"] == "max" and [c["kind"] for c in cands].count("backoff") == 1
+    assert all(c["score"] == pytest.approx(max(c["values"])) for c in cands)
+    assert cands[sel["chosen"]]["score"] == min(c["score"] for c in cands)
+    assert len(objective.calls) == 14  # the budget, exactly
 
 
 @pytest.mark.parametrize("name", ["sign", "hybrid"])
@@ -248,6 +262,12 @@ def test_the_sign_rule_travels_decades_and_stays_in_the_search_box():
 
 def test_auto_is_a_sign_strategy_and_the_tuners_default_stays_gradient():
     assert isinstance(AutoStrategy(), SignStrategy)
+    # the robust selection measured neutral (docs/results/robust_selection.md): auto keeps the mean rule
+    auto = AutoStrategy()
+    assert (auto.backoff, auto.statistic, auto.min_budget()) == (None, "mean", 6)
+    assert SignStrategy(backoff=0.8, statistic="max").min_budget() == 8
+    assert isinstance(get_strategy("auto", _cfg(budget=5)), GradientStrategy)
+    assert isinstance(get_strategy("auto", _cfg(budget=6)), AutoStrategy)
     assert isinstance(Tuner(tiny_problem(), CFG).strategy, GradientStrategy)
     for bad, message in [({"top": 0}, "top must be"), ({"salts": (-5,)}, "salts must be")]:
         with pytest.raises(ValueError, match=message):
@@ -298,3 +318,141 @@ def test_cli_tune_takes_strategy_and_budget(tmp_path, capsys):
 
     doc = json.loads(out.read_text())
     assert doc["config"]["strategy"] == "sign" and doc["strategy"]["budget"] == 7 and len(doc["history"]) == 7
+
+
+# ---------------------------------------------------------------------- robust selection
+ROBUST = {"max": lambda: SignStrategy(statistic="max"), "backoff": lambda: SignStrategy(backoff=0.8),
+          "average": lambda: SignStrategy(top=1, average=3),
+          "three-orders": lambda: SignStrategy(salts=(-1000, -1001, -1002), top=1, statistic="max")}
+
+
+@pytest.mark.parametrize("variant", sorted(ROBUST))
+@pytest.mark.parametrize("budget", [12, 15])
+def test_robust_selection_keeps_the_budget_accounting_exact(variant, budget):
+    cfg = _cfg(strategy="sign", budget=budget)
+    objective = CountingObjective(tiny_problem(), cfg)
+    strategy = ROBUST[variant]()
+    result = strategy.run(objective, cfg)
+    assert len(objective.calls) == len(result.history) == result.info["inner_trainings"] == budget
+    sel = result.info["selection"]
+    evaluated = [salt for kind, salt, _ in objective.calls if kind == "evaluate"]
+    assert len(evaluated) == len(sel["candidates"]) * len(strategy.salts) == strategy.selection_cost(budget)
+    assert set(evaluated) == set(strategy.salts)
+    kinds = [c["kind"] for c in sel["candidates"]]
+    assert kinds[0] == "start" and ("backoff" in kinds) == (variant == "backoff")
+    assert ("average" in kinds) == (variant == "average")
+    assert sel["chosen"] == min(range(len(kinds)), key=lambda i: (sel["candidates"][i]["score"], i))
+
+
+def _selection_state(strategy, objective, cfg, values):
+    """A state in the selection: the start and search candidates whose lr is shifted by i, with the given values."""
+    state = strategy.init(objective, cfg)
+    state.budget, state.phase = 20, "select"
+    state.candidates = [(-1 if i == 0 else i, tuple(h.detach() + 0.1 * i for h in state.start))
+                        for i in range(len(values))]
+    state.kinds = ["start"] + ["search"] * (len(values) - 1)
+    state.selection = [(i, salt, {"val_loss": v, "train_loss": v, "val_accuracy": 0.0})
+                       for i, row in enumerate(values) for salt, v in zip(strategy.salts, row)]
+    return state
+
+
+def test_the_max_statistic_prefers_the_candidate_consistent_across_orders():
+    cfg = _cfg(strategy="sign", budget=20)
+    values = [[0.30, 0.31], [0.10, 0.26], [0.19, 0.20]]  # means 0.305, 0.18, 0.195; maxima 0.31, 0.26, 0.20
+    chosen = {}
+    for statistic in ("mean", "max"):
+        strategy = SignStrategy(statistic=statistic)
+        objective = MetaObjective(tiny_problem(), cfg)
+        result = strategy.finish(objective, cfg, _selection_state(strategy, objective, cfg, values))
+        sel = result.info["selection"]
+        chosen[statistic] = sel["chosen"]
+        assert sel["statistic"] == statistic
+        assert [c["score"] for c in sel["candidates"]] == pytest.approx(
+            [max(v) if statistic == "max" else sum(v) / 2 for v in values])
+        # what is reported is still the chosen candidate's mean over the selection orders
+        assert result.evaluation["best"]["val_loss"] == pytest.approx(sum(values[sel["chosen"]]) / 2)
+    assert chosen == {"mean": 1, "max": 2}
+
+
+class EdgeOfStability(UphillObjective):
+    """The search points uphill in lr; on the selection orders the loss falls as the lr falls, by the order.
+
+    Values at log-lr offset ``d`` from the start: ``1 + d^2`` on the first order, ``1 + 2 d^2`` on the second
+    (a larger lr is worse and more order-dependent)."""
+
+    def evaluate(self, hparams, salt=-1):
+        start = self.initial_hparams()
+        half = len(hparams) // 2
+        d2 = sum(float(((h.detach() - s) ** 2).sum()) for h, s in zip(hparams[:half], start[:half]))
+        loss = 1.0 + (2.0 if salt == SELECTION_SALTS[1] else 1.0) * d2
+        return {"val_loss": loss, "train_loss": loss, "val_accuracy": 0.0}
+
+
+def test_the_backoff_candidate_is_the_best_search_candidate_with_its_lrs_scaled():
+    cfg = _cfg(strategy="sign", budget=12)
+    strategy = SignStrategy(backoff=0.8, statistic="max")
+    objective = EdgeOfStability(tiny_problem(), cfg)
+    state = strategy.init(objective, cfg)
+    while not strategy.done(cfg, state, 12):
+        strategy.step(objective, cfg, state)
+    assert state.kinds == ["start", "search", "backoff"] and len(state.history) == 12
+    (_, parent), (_, backoff) = state.candidates[1], state.candidates[2]
+    half = len(parent) // 2
+    for i, (p, b) in enumerate(zip(parent, backoff)):
+        torch.testing.assert_close(b, p + math.log(0.8) if i < half else p)  # lr x 0.8, momentum kept
+    result = strategy.finish(objective, cfg, state)
+    cands = result.info["selection"]["candidates"]
+    assert cands[2]["score"] < cands[1]["score"]  # lower lr: better on the selection orders
+    assert result.info["selection"]["chosen"] == 0  # the start is better still, and stays exported
+
+
+def test_a_backoff_as_good_as_its_parent_is_not_chosen_over_it_but_a_better_one_is():
+    cfg = _cfg(strategy="sign", budget=20)
+    for backoff_values, expected in [([0.20, 0.20], 1), ([0.15, 0.19], 2)]:
+        strategy = SignStrategy(backoff=0.8)
+        objective = MetaObjective(tiny_problem(), cfg)
+        state = _selection_state(strategy, objective, cfg, [[0.3, 0.3], [0.2, 0.2]])
+        strategy.add_backoff(objective, state)
+        state.selection += [(2, salt, {"val_loss": v, "train_loss": v, "val_accuracy": 0.0})
+                            for salt, v in zip(strategy.salts, backoff_values)]
+        assert strategy.done(cfg, state, 20)
+        assert strategy.finish(objective, cfg, state).info["selection"]["chosen"] == expected
+
+
+def test_the_average_candidate_is_the_mean_of_the_last_accepted_points():
+    cfg = _cfg(strategy="sign", budget=14, init_lr=1e-3)
+    strategy = SignStrategy(top=1, average=3)
+    objective = DownhillInLr(tiny_problem(), cfg)
+    result = strategy.run(objective, cfg)
+    state_points = [r for r in result.history if r.action == "update"][-3:]
+    sel = result.info["selection"]
+    assert [c["kind"] for c in sel["candidates"]] == ["start", "search", "average"]
+    assert sel["candidates"][2]["step"] == state_points[-1].step
+    # DownhillInLr's loss is 1 + sum (log lr - log 10)^2: the average's value is that of the mean log lr
+    logs = [[math.log(v["alpha"]) for v in r.hyperparameters.values()] for r in state_points]
+    mean = [sum(col) / 3 for col in zip(*logs)]
+    assert sel["candidates"][2]["values"][0] == pytest.approx(1.0 + sum((m - math.log(10.0)) ** 2 for m in mean))
+
+
+@pytest.mark.parametrize("pause", [8, 10, 11])  # the selection before, at and after the backoff
+def test_checkpoint_and_resume_around_the_backoff_give_the_same_result(pause, tmp_path):
+    cfg = _cfg(strategy="sign", budget=12)
+    whole = Tuner(tiny_problem(), cfg, strategy=SignStrategy(backoff=0.8)).run()
+    first = Tuner(tiny_problem(), cfg, strategy=SignStrategy(backoff=0.8))
+    for _ in range(pause):
+        first.meta_step()
+    save_checkpoint(tmp_path, {"tuner": first.state_dict()})
+    resumed = Tuner(tiny_problem(), cfg, strategy=SignStrategy(backoff=0.8))
+    resumed.load_state_dict(load_checkpoint(tmp_path)["tuner"])
+    result = resumed.run()
+    assert len(result.history) == 12
+    assert all(torch.equal(a, b) for a, b in zip(result.best, whole.best))
+    assert result.info["selection"] == whole.info["selection"]
+
+
+def test_robust_selection_settings_are_checked():
+    for bad, message in [({"statistic": "median"}, "statistic must be one of"), ({"backoff": 1.0}, "backoff must be"),
+                         ({"backoff": 0.0}, "backoff must be"), ({"average": 1}, "average must be")]:
+        with pytest.raises(ValueError, match=message):
+            SignStrategy(**bad)
+    assert SignStrategy(backoff=0.8).min_budget() == SignStrategy().min_budget() + 2

@@ -35,6 +35,15 @@ def test_tune_bar_ends_at_the_summarys_best(capsys):
     assert re.search(r"\b4/4\b", frames[-1])
 
 
+def test_tune_bar_counts_the_budget_of_a_strategy(capsys):
+    cfg = dataclasses.replace(CFG, meta_steps=50, budget=8)
+    tuner = Tuner(tiny_problem(), cfg, callbacks=[ProgressBar(disable=False)], strategy="sign")
+    tuner.run()
+    frames = _frames(capsys.readouterr().err)
+    assert re.search(r"\b8/8\b", frames[-1]), frames[-1]
+    assert not any("/50" in f for f in frames)
+
+
 def test_compare_bar_counts_whole_inner_trainings(capsys):
     compare(problems, CFG, ["neumann", "random"], 3, [0], progress=True)
     frames = _frames(capsys.readouterr().err)

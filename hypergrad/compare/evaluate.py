@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from hypergrad.config import TuneConfig
-from hypergrad.hyperparams import HyperSpec, to_sgd_param_groups
+from hypergrad.hyperparams import HyperSpec, SGDSchedule, to_sgd_param_groups
 from hypergrad.inner import InnerProblem
 
 __all__ = ["RETRAIN_ORDERS", "RETRAIN_SEED_BASE", "mean_std", "retrain_seeds", "sgd_evaluate", "sgd_retrain"]
@@ -77,16 +77,21 @@ def sgd_evaluate(
     :meth:`~hypergrad.inner.InnerProblem.schedule`) and reports ``val_loss`` and, with
     ``test_data``, ``test_loss``, each with the problem's metric beside it (``val_accuracy``,
     ``test_<metric>``: :meth:`InnerProblem.evaluate`); ``None`` where non-finite. Never
-    raises on a regression or on a blown-up run.
+    raises on a regression or on a blown-up run. A schedule (``spec.segments > 1``) is
+    followed step by step by :class:`~hypergrad.hyperparams.SGDSchedule` over the ``T`` batches.
     """
     model = problem.fresh_model()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(to_sgd_param_groups(spec, hparams, params))
+    batches = batches if spec.segments == 1 else list(batches)
+    sched = SGDSchedule(opt, spec, hparams, num_steps=len(batches)) if spec.segments > 1 else None
     for x, y in batches:
         opt.zero_grad(set_to_none=True)
         loss = problem.loss_fn(model(*x) if isinstance(x, tuple) else model(x), y)
         loss.backward()
         opt.step()
+        if sched is not None:
+            sched.step()
     weights = [p.detach() for p in params]
     out: dict[str, float | None] = {}
     for split, data in (("val", "val"), ("test", test_data)):
@@ -114,10 +119,11 @@ def sgd_retrain(
     if isinstance(orders, bool) or not isinstance(orders, int) or orders < 1:
         raise ValueError(f"retrain_orders must be an integer >= 1, got {orders!r}")
     seeds = retrain_seeds(seed, orders)
+    spec = problem.spec if cfg.segments == 1 else problem.spec.with_segments(cfg.segments)
     runs = []
     for s in seeds:
         with problem.rng(s):
             batches = problem.schedule(cfg.inner_steps, s, batch_size=cfg.batch_size)
-            runs.append(sgd_evaluate(problem, problem.spec, hparams, batches, test_data=test_data))
+            runs.append(sgd_evaluate(problem, spec, hparams, batches, test_data=test_data))
     keys = list(dict.fromkeys(k for r in runs for k in r))
     return {"orders": orders, "seeds": seeds, "runs": runs, **{k: mean_std([r.get(k) for r in runs]) for k in keys}}

@@ -15,12 +15,16 @@ resumes. The protocol is in :mod:`~hypergrad.strategies.base`; a new meta loop i
   :mod:`~hypergrad.strategies.estimator`), then a selection on batch orders no hypergradient saw;
 * ``"hybrid"`` (:class:`HybridStrategy`): TPE over the ``hypergrad compare`` search space, then the
   sign rule from its best trials, then the same selection;
+* ``"online"`` (:class:`OnlineStrategy`): ONE training of ``inner_steps`` steps, never
+  restarted, with a hypergradient at the current state and an Adam step every
+  ``online_period`` steps (:mod:`~hypergrad.strategies.online`);
 * ``"auto"`` (:class:`AutoStrategy`): the measured default (:mod:`~hypergrad.strategies.auto`).
 
 Budgets count inner trainings of ``T`` steps: for ``sign``, ``hybrid`` and ``auto`` every step
 (a search step with its hypergradient, a TPE trial, a selection run) is one, and a run of
 budget ``N`` takes exactly ``N`` steps; for ``gradient`` one meta step is one, and the final
-evaluation (three runs on salt -1) is not counted, as before.
+evaluation (three runs on salt -1) is not counted, as before; ``online`` takes no budget: it is
+one training of ``inner_steps`` steps plus a hypergradient every ``online_period`` steps.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from hypergrad.strategies.base import SearchState, Strategy, final_evaluation
 from hypergrad.strategies.estimator import Estimator, choose_estimator
 from hypergrad.strategies.gradient import GradientState, GradientStrategy
 from hypergrad.strategies.hybrid import HybridState, HybridStrategy
+from hypergrad.strategies.online import OnlineState, OnlineStrategy
 from hypergrad.strategies.sign import SELECTION_SALTS, SignRule, SignState, SignStrategy
 
 __all__ = [
@@ -45,6 +50,8 @@ __all__ = [
     "GradientStrategy",
     "HybridState",
     "HybridStrategy",
+    "OnlineState",
+    "OnlineStrategy",
     "SearchState",
     "SignRule",
     "SignState",
@@ -63,6 +70,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "gradient": GradientStrategy,
     "sign": SignStrategy,
     "hybrid": HybridStrategy,
+    "online": OnlineStrategy,
 }
 
 

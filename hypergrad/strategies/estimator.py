@@ -9,7 +9,10 @@ The strategies of this package therefore take BPTT whenever
 
     (bytes one inner step saves for the backward pass) x T  <=  max_memory
 
-and fall back to Neumann-RBP (or ``config.method`` when that is an RBP method) otherwise.
+and fall back to Neumann-RBP (or ``config.method`` when that is an RBP method) otherwise; a
+schedule (``segments > 1``), which RBP cannot differentiate, falls back to forward mode
+(:func:`hypergrad.forward_grad`: BPTT's gradient, memory constant in ``T``, time growing with
+the number of hyperparameters). ``method="forward"`` takes forward mode whatever the memory.
 The bytes of one step are measured, not guessed: one step with its graph is run under
 :func:`torch.autograd.graph.saved_tensors_hooks`, which sees every tensor autograd keeps.
 """
@@ -67,7 +70,7 @@ def step_graph_bytes(objective: MetaObjective) -> int:
     """Bytes autograd saves for the backward pass of ONE inner step (with its graph through :math:`\\nabla_w L`)."""
     problem = objective.problem
     x, y = next(iter(objective.batches(0)))
-    hp = tuple(h.detach().requires_grad_(True) for h in objective.initial_hparams())
+    hp = tuple(h.detach().requires_grad_(True) for h in objective.spec.at_segment(objective.initial_hparams(), 0))
     state = tuple(s.detach().requires_grad_(s.is_floating_point()) for s in problem.initial_state())
     seen: set[tuple[int, int, tuple[int, ...]]] = set()
     total = [0]
@@ -108,7 +111,13 @@ def _available_ram() -> int:
 
 
 def _fallback(config: TuneConfig) -> str:
-    return config.method if get_method(config.method).family == "implicit" else "neumann"
+    """The method when BPTT's graph does not fit: ``config.method`` if it keeps no graph of the steps
+    (an RBP method, or forward mode), forward mode for a schedule (RBP cannot differentiate one),
+    else Neumann-RBP."""
+    family = get_method(config.method).family
+    if family == "forward" or (family == "implicit" and config.segments == 1):
+        return config.method
+    return "forward" if config.segments > 1 else "neumann"
 
 
 def choose_estimator(objective: MetaObjective, config: TuneConfig) -> Estimator:
@@ -126,14 +135,20 @@ def choose_estimator(objective: MetaObjective, config: TuneConfig) -> Estimator:
     if problem.parallel is not None:
         return Estimator(method=fallback, reason=f"{fallback}: BPTT is not available under torch.distributed",
                          graph_bytes=0, limit_bytes=limit, limit_source=source)
+    if config.method == "forward":
+        return Estimator(method="forward", reason="forward: requested by method (BPTT's hypergradient, carried "
+                         "forward at a memory that does not grow with T)", graph_bytes=0, limit_bytes=limit,
+                         limit_source=source)
     per_step = step_graph_bytes(objective)
     graph = per_step * config.inner_steps
     sizes = f"{_mib(graph)} (T={config.inner_steps} steps x {_mib(per_step)})"
     if graph <= limit:
         return Estimator(method="bptt", reason=f"bptt: the unrolled graph, {sizes}, fits in {_mib(limit)} ({source})",
                          graph_bytes=graph, limit_bytes=limit, limit_source=source)
+    keeps = ("forward mode carries tangents instead" if fallback == "forward"
+             else "RBP keeps no graph of the inner steps")
     return Estimator(method=fallback, reason=f"{fallback}: BPTT's unrolled graph, {sizes}, exceeds {_mib(limit)} "
-                     f"({source}); RBP keeps no graph of the inner steps",
+                     f"({source}); {keeps}",
                      graph_bytes=graph, limit_bytes=limit, limit_source=source)
 
 

@@ -60,7 +60,11 @@ class GradientStrategy(Strategy):
     name = "gradient"
 
     def init(self, objective: MetaObjective, config: TuneConfig) -> GradientState:
-        if objective.problem.parallel is not None and get_method(config.method).family == "unrolled":
+        family = get_method(config.method).family
+        if config.segments > 1 and family == "implicit":
+            raise ValueError(f"segments={config.segments} (a schedule) needs method bptt, tbptt or forward; "
+                             f"{config.method} differentiates at the last inner state only")
+        if objective.problem.parallel is not None and family != "implicit":
             raise ValueError(
                 f"method {config.method!r} is not supported with torch.distributed (it would need differentiable "
                 f"collectives through all inner steps); use one of {', '.join(method_names('implicit'))}"

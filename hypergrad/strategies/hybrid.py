@@ -10,6 +10,11 @@ r"""The ``"hybrid"`` strategy: a global TPE phase, then sign-step refinement fro
    each of the ``refine_from`` best trials in turn, the remaining search steps shared out.
 3. **Selection**: the start, the trials and the refined points are the pool; the ``top`` best
    are re-evaluated on the reserved batch orders with the start, as for ``"sign"``.
+
+The global phase can also come from outside: :meth:`HybridStrategy.start_from_trials` takes
+trials evaluated elsewhere (an Optuna study's, e.g. TPE trials that several worker processes ran
+into one storage, :mod:`hypergrad.studies`) as the global phase and plans the refinement from
+their ``refine_from`` best.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any
 import torch
 
 from hypergrad._imports import optional_import
-from hypergrad.baselines import SearchSpace, to_hparams
+from hypergrad.baselines import SearchSpace, _legacy, to_hparams
 from hypergrad.config import TuneConfig
 from hypergrad.objective import MetaObjective
 from hypergrad.records import MetaStepRecord, finite_or_none
@@ -55,7 +60,8 @@ class HybridState(SignState):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.trials = [dict(t) for t in state["trials"]]
+        # checkpoints written before the rename name alpha "lr:<group>"
+        self.trials = [{**t, "params": _legacy(dict(t["params"]))} for t in state["trials"]]
         self.starts = [tuple(s) for s in state["starts"]]
         self.run = int(state["run"])
         self.run_steps = [int(s) for s in state["run_steps"]]
@@ -115,6 +121,16 @@ class HybridStrategy(SignStrategy):
         return super().step(objective, config, state)
 
     # ------------------------------------------------------------------ the global phase
+    @staticmethod
+    def trial_seed(objective: MetaObjective, k: int) -> int:
+        """The TPE seed of trial ``k``: a function of the run's seed and ``k`` only (not of a process)."""
+        return (objective.seed(k) * 7919 + 1) % (2**31)
+
+    def fail_value(self, objective: MetaObjective) -> float:
+        """What a failed or exploded trial is told: twice the meta loss of the untrained :math:`w_0`."""
+        with torch.no_grad():
+            return 2.0 * float(objective.meta_loss(objective.problem.w0))
+
     def _trial(self, objective: MetaObjective, config: TuneConfig, state: HybridState) -> MetaStepRecord:
         """One TPE trial (one inner training on the batches of this step)."""
         optuna = optional_import("optuna", "optuna", purpose="the hybrid strategy's TPE phase")
@@ -123,15 +139,16 @@ class HybridStrategy(SignStrategy):
         spec = objective.spec
         dists = {}
         for g in spec.groups:
-            dists[f"lr:{g}"] = optuna.distributions.FloatDistribution(self.space.lr_low, self.space.lr_high, log=True)
+            dists[f"alpha:{g}"] = optuna.distributions.FloatDistribution(self.space.lr_low, self.space.lr_high,
+                                                                         log=True)
         for g in spec.groups:
             dists[f"momentum:{g}"] = optuna.distributions.FloatDistribution(self.space.momentum_low,
                                                                             self.space.momentum_high)
         verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         try:
-            seed = (objective.seed(k) * 7919 + 1) % (2**31)
-            study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed), direction="minimize")
+            study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=self.trial_seed(objective, k)),
+                                        direction="minimize")
             for t in state.trials:
                 study.add_trial(optuna.trial.create_trial(params=t["params"], distributions=dists, value=t["value"]))
             trial = study.ask()
@@ -140,8 +157,7 @@ class HybridStrategy(SignStrategy):
             optuna.logging.set_verbosity(verbosity)
         hp = to_hparams(spec, params, objective.problem.w0[0].dtype)
         loss = objective.value(hp, k)
-        with torch.no_grad():
-            fail = 2.0 * float(objective.meta_loss(objective.problem.w0))
+        fail = self.fail_value(objective)
         told = loss if _finite(loss) and loss <= fail else fail
         state.trials.append({"params": dict(params), "value": told})
         state.points.append((k, loss if _finite(loss) else math.inf, hp))
@@ -176,3 +192,48 @@ class HybridStrategy(SignStrategy):
         state.run += 1
         state.set_hparams(state.starts[state.run])
         state.reset_rule(self.rule.step0)
+
+    # ------------------------------------------------------------------ a global phase run elsewhere
+    def start_from_trials(
+        self, objective: MetaObjective, state: SearchState, trials: Sequence[dict[str, Any]], *, budget: int,
+    ) -> None:
+        """Take ``trials`` as the global phase and plan the refinement from their ``refine_from`` best.
+
+        Each trial is ``{"step": batch salt, "value": told value, "loss": meta loss (inf: failed),
+        "params": {"alpha:<g>": .., "momentum:<g>": ..}, "seconds": .., "action": ..}``; it
+        becomes a point of the selection's pool and a record of the history. The next step
+        continues after the largest salt; ``budget`` (inner trainings, the trials' salts
+        included) fixes the refinement's and the selection's share.
+
+        Raises:
+            ValueError: after a step was taken, without trials, or with a budget too small for
+                two search steps and the selection.
+        """
+        if not isinstance(state, HybridState):
+            raise TypeError(f"the hybrid strategy needs a HybridState, got {type(state).__name__}")
+        if state.history or state.trials:
+            raise ValueError("start_from_trials must come before the first step")
+        if not trials:
+            raise ValueError("start_from_trials needs at least one trial")
+        first = max(int(t["step"]) for t in trials) + 1
+        need = first + self.selection_cost(budget) + 2
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < need:
+            raise ValueError(f"budget={budget!r} leaves no refinement after trials up to step {first - 1}: "
+                             f"need at least {need} (two search steps and {self.selection_cost(max(need, 1))} "
+                             "selection runs after them)")
+        spec = objective.spec
+        dtype = objective.problem.w0[0].dtype
+        for t in sorted(trials, key=lambda t: int(t["step"])):
+            hp = to_hparams(spec, dict(t["params"]), dtype)
+            loss = float(t["loss"]) if t.get("loss") is not None else math.inf
+            state.trials.append({"params": _legacy(dict(t["params"])), "value": t["value"]})
+            state.points.append((int(t["step"]), loss if _finite(loss) else math.inf, hp))
+            state.observe(hp, loss, int(t["step"]))
+            val = loss if objective.meta_split == "val" else None
+            state.history.append(MetaStepRecord(
+                step=int(t["step"]), meta_loss=finite_or_none(loss), val_loss=finite_or_none(val), train_loss=None,
+                action=str(t.get("action", "trial")), seconds=float(t.get("seconds") or 0.0),
+                hyperparameters=spec.describe(hp)))
+        state.budget = budget
+        state.step_count = first
+        self._plan_refinement(state)

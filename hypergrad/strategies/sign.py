@@ -24,9 +24,13 @@ is charged in seconds and reported); ``budget`` steps in all, the last of them t
 
 **Selection.** The meta loss of a search step was measured on the batch order that also
 produced its hypergradient, which flatters it. The exported hyperparameters are chosen among
-the start and the ``top`` best distinct search points by their mean meta loss on
-:data:`SELECTION_SALTS`, batch orders no hypergradient has seen; that mean is what the result
-reports. The start being a candidate, the run never ends worse than it started (on those orders).
+the start and the ``top`` best distinct search points (optionally also the mean of the last
+accepted points, and a *backoff*: the best search candidate with every learning rate scaled
+down, evaluated once the others are) by a statistic (``"mean"``, or ``"max"``: the worst order) of
+their meta loss on :data:`SELECTION_SALTS`, batch orders no hypergradient has seen; the chosen
+one's mean is what the result reports. ``auto`` uses the backoff and the max
+(:mod:`hypergrad.strategies.auto`). The start being a candidate, the run never ends worse than it
+started (on those orders).
 """
 
 from __future__ import annotations
@@ -49,11 +53,14 @@ from hypergrad.records import MetaStepRecord, TuneResult, finite_or_none
 from hypergrad.strategies.base import SearchState, Strategy, _clone, _finite, logger
 from hypergrad.strategies.estimator import Estimator, choose_estimator
 
-__all__ = ["SELECTION_SALTS", "SignRule", "SignState", "SignStrategy", "box_bounds"]
+__all__ = ["SELECTION_SALTS", "SELECTION_STATISTICS", "SignRule", "SignState", "SignStrategy", "box_bounds"]
 
 #: Batch-order salts of the selection runs: never used by a search step (those are >= 0) nor by
 #: the evaluation run (-1) or the comparison's retraining orders.
 SELECTION_SALTS = (-1000, -1001)
+
+#: How a candidate's selection values (one per selection order) are summarised; the lowest wins.
+SELECTION_STATISTICS = ("mean", "max")
 
 
 def box_bounds(spec: HyperSpec, space: SearchSpace, n: int) -> tuple[list[float], list[float]]:
@@ -96,6 +103,7 @@ class SignState(SearchState):
         anchor: the last accepted point (``None`` before the first), ``anchor_loss`` its meta loss.
         points: ``(step, meta loss, hyperparameters)`` of every search step (the selection's pool).
         candidates: ``(step, hyperparameters)`` the selection evaluates (the start first, step ``-1``).
+        kinds: what each candidate is: ``"start"``, ``"search"``, ``"average"`` or ``"backoff"``.
         selection: one ``(candidate index, salt, evaluation)`` per selection run.
         estimator: the hypergradient method and why (:class:`~hypergrad.strategies.estimator.Estimator`).
         budget: the run's budget in inner trainings (fixed by the first step).
@@ -108,6 +116,7 @@ class SignState(SearchState):
     anchor_loss: float = math.inf
     points: list[tuple[int, float, tuple[Tensor, ...]]] = field(default_factory=list)
     candidates: list[tuple[int, tuple[Tensor, ...]]] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)
     selection: list[tuple[int, int, dict[str, float]]] = field(default_factory=list)
     estimator: Estimator | None = None
     budget: int | None = None
@@ -129,6 +138,7 @@ class SignState(SearchState):
             "anchor_loss": self.anchor_loss if math.isfinite(self.anchor_loss) else None,
             "points": [[k, v if math.isfinite(v) else None, [h.clone() for h in hp]] for k, v, hp in self.points],
             "candidates": [[k, [h.clone() for h in hp]] for k, hp in self.candidates],
+            "kinds": list(self.kinds),
             "selection": [[i, s, dict(ev)] for i, s, ev in self.selection],
             "estimator": None if self.estimator is None else self.estimator.to_dict(),
             "budget": self.budget,
@@ -144,6 +154,7 @@ class SignState(SearchState):
         self.anchor_loss = math.inf if state["anchor_loss"] is None else float(state["anchor_loss"])
         self.points = [(int(k), math.inf if v is None else float(v), tuple(hp)) for k, v, hp in state["points"]]
         self.candidates = [(int(k), tuple(hp)) for k, hp in state["candidates"]]
+        self.kinds = [str(k) for k in state.get("kinds", ["start"] + ["search"] * (len(self.candidates) - 1))]
         self.selection = [(int(i), int(s), dict(ev)) for i, s, ev in state["selection"]]
         self.estimator = None if state["estimator"] is None else Estimator.from_dict(state["estimator"])
         self.budget = None if state["budget"] is None else int(state["budget"])
@@ -169,34 +180,53 @@ class SignStrategy(Strategy):
             (fewer for budgets under 20: the selection takes at most ~30% of the budget).
         salts: the selection's batch orders (at least two).
         space: the search box (default: ``hypergrad compare``'s :class:`SearchSpace`).
+        statistic: how a candidate's values on the selection orders are summarised
+            (:data:`SELECTION_STATISTICS`): ``"mean"``, or ``"max"`` (the worst order).
+        backoff: if set, one more candidate once the others are evaluated: the best search
+            candidate with every learning rate times ``backoff`` (< 1: away from the edge of stability).
+        average: if > 0, one more candidate: the mean (in log lr, logit momentum) of the last
+            ``average`` accepted search points.
     """
 
     name = "sign"
 
     def __init__(
         self, *, rule: SignRule | None = None, top: int = 2, salts: Sequence[int] = SELECTION_SALTS,
-        space: SearchSpace | None = None,
+        space: SearchSpace | None = None, statistic: str = "mean", backoff: float | None = None, average: int = 0,
     ) -> None:
         if isinstance(top, bool) or not isinstance(top, int) or top < 1:
             raise ValueError(f"top must be an integer >= 1, got {top!r}")
         if len(salts) < 2 or len(set(salts)) != len(salts) or any(s >= -1 for s in salts):
             raise ValueError(f"salts must be at least two distinct integers below -1, got {tuple(salts)!r}")
+        if statistic not in SELECTION_STATISTICS:
+            raise ValueError(f"statistic must be one of {SELECTION_STATISTICS}, got {statistic!r}")
+        if backoff is not None and (isinstance(backoff, bool) or not 0.0 < backoff < 1.0):
+            raise ValueError(f"backoff must be None or a factor in (0, 1), got {backoff!r}")
+        if isinstance(average, bool) or not isinstance(average, int) or average < 0 or average == 1:
+            raise ValueError(f"average must be 0 (none) or an integer >= 2, got {average!r}")
         self.rule = rule or SignRule()
         self.top = top
         self.salts = tuple(int(s) for s in salts)
         self.space = space or SearchSpace()
+        self.statistic = statistic
+        self.backoff = backoff
+        self.average = average
 
     # ------------------------------------------------------------------ budget
+    def extra_candidates(self) -> int:
+        """Candidates besides the start and the ``top``: the backoff and the average, when set."""
+        return int(self.backoff is not None) + int(self.average > 0)
+
     def min_budget(self) -> int:
-        """Two search steps and the start plus one candidate on every selection order."""
-        return 2 + 2 * len(self.salts)
+        """Two search steps and the start, one search point and the extra candidates on every selection order."""
+        return 2 + len(self.salts) * (2 + self.extra_candidates())
 
     def top_for(self, budget: int) -> int:
         """Candidates besides the start: ``top``, fewer when the selection would pass ~30% of the budget."""
         return max(1, min(self.top, int(0.3 * budget) // len(self.salts) - 1))
 
     def selection_cost(self, budget: int) -> int:
-        return len(self.salts) * (1 + self.top_for(budget))
+        return len(self.salts) * (1 + self.top_for(budget) + self.extra_candidates())
 
     def check_budget(self, budget: float) -> int:
         if isinstance(budget, bool) or not float(budget).is_integer() or budget < self.min_budget():
@@ -210,7 +240,14 @@ class SignStrategy(Strategy):
             raise TypeError(f"the {self.name} strategy needs a SignState, got {type(state).__name__}")
         if state.budget is None:
             state.budget = self.check_budget(budget)
-        return state.phase == "select" and len(state.selection) >= len(state.candidates) * len(self.salts)
+        return state.phase == "select" and self._selected(state)
+
+    def _backoff_pending(self, state: SignState) -> bool:
+        return self.backoff is not None and "backoff" not in state.kinds and len(state.candidates) > 1
+
+    def _selected(self, state: SignState) -> bool:
+        """Every candidate (the backoff included) evaluated on every selection order."""
+        return not self._backoff_pending(state) and len(state.selection) >= len(state.candidates) * len(self.salts)
 
     # ------------------------------------------------------------------ state
     def init(self, objective: MetaObjective, config: TuneConfig) -> SignState:
@@ -312,7 +349,7 @@ class SignStrategy(Strategy):
         return state.points
 
     def plan_selection(self, state: SignState) -> None:
-        """The candidates: the start, then the ``top`` best distinct points of :meth:`pool` by meta loss."""
+        """The candidates: the start, the ``top`` best distinct points of :meth:`pool` by meta loss, the average."""
         assert state.budget is not None
         chosen: list[tuple[int, tuple[Tensor, ...]]] = [(-1, _clone(state.start))]
         for k, loss, hp in sorted(self.pool(state), key=lambda p: (p[1], p[0])):
@@ -320,13 +357,37 @@ class SignStrategy(Strategy):
                 break
             if _finite(loss) and not any(_same(hp, c) for _, c in chosen):
                 chosen.append((k, _clone(hp)))
-        state.candidates = chosen
+        kinds = ["start"] + ["search"] * (len(chosen) - 1)
+        if self.average:
+            points = {k: hp for k, _, hp in state.points}
+            accepted = [r.step for r in state.history if r.action == "update" and r.step in points][-self.average:]
+            if accepted:
+                mean = tuple(torch.stack([points[k][i] for k in accepted]).mean(0)
+                             for i in range(len(state.start)))
+                chosen.append((accepted[-1], mean))
+                kinds.append("average")
+        state.candidates, state.kinds = chosen, kinds
         state.phase = "select"
+
+    def add_backoff(self, objective: MetaObjective, state: SignState) -> None:
+        """The backoff candidate: the best search candidate so far, every learning rate times ``backoff``."""
+        assert self.backoff is not None
+        rows = self._rows(objective, state)
+        best = min(range(1, len(rows)), key=lambda i: (rows[i]["score"], i))
+        k, hp = state.candidates[best]
+        half = len(hp) // 2
+        lo, hi = box_bounds(objective.spec, self.space, len(hp))
+        shift = math.log(self.backoff)
+        new = tuple((h + shift if i < half else h).clamp(a, b) for i, (h, a, b) in enumerate(zip(hp, lo, hi)))
+        state.candidates.append((k, new))
+        state.kinds.append("backoff")
 
     def select_step(self, objective: MetaObjective, state: SignState) -> MetaStepRecord:
         """One selection run: the next candidate on the next reserved batch order (no hypergradient)."""
         t0 = time.perf_counter()
         j = len(state.selection)
+        if j >= len(state.candidates) * len(self.salts) and self._backoff_pending(state):
+            self.add_backoff(objective, state)
         index, salt = divmod(j, len(self.salts))
         salt = self.salts[salt]
         _, hp = state.candidates[index]
@@ -343,22 +404,36 @@ class SignStrategy(Strategy):
         state.history.append(record)
         return record
 
-    def finish(self, objective: MetaObjective, config: TuneConfig, state: SearchState) -> TuneResult:
-        """The candidate with the lowest mean meta loss on the selection orders; no further inner training."""
-        if not isinstance(state, SignState):
-            raise TypeError(f"the {self.name} strategy needs a SignState, got {type(state).__name__}")
-        if not state.selection:  # stopped before the selection (e.g. a budget spent by steps run by hand)
-            self.plan_selection(state)
-            for _ in range(len(state.candidates) * len(self.salts)):
-                self.select_step(objective, state)
+    def score(self, values: Sequence[float]) -> float:
+        """A candidate's selection score: the :attr:`statistic` of its values (``inf`` without any)."""
+        if not values:
+            return math.inf
+        return max(values) if self.statistic == "max" else sum(values) / len(values)
+
+    def _rows(self, objective: MetaObjective, state: SignState) -> list[dict[str, Any]]:
         key = "val_loss" if objective.meta_split == "val" else "train_loss"
         rows = []
         for i, (k, _) in enumerate(state.candidates):
             evals = [ev for j, _, ev in state.selection if j == i]
             values = [ev[key] if _finite(ev[key]) else math.inf for ev in evals]
-            rows.append({"step": k, "values": values, "mean": sum(values) / len(values) if values else math.inf,
+            rows.append({"step": k, "kind": state.kinds[i] if i < len(state.kinds) else "search", "values": values,
+                         "mean": sum(values) / len(values) if values else math.inf, "score": self.score(values),
                          "evaluation": _mean_evaluation(evals) if evals else {}})
-        chosen = min(range(len(rows)), key=lambda i: (rows[i]["mean"], i))
+        return rows
+
+    def finish(self, objective: MetaObjective, config: TuneConfig, state: SearchState) -> TuneResult:
+        """The candidate with the lowest :meth:`score` on the selection orders (ties: the earlier); no more training.
+
+        What the result reports for it is its mean evaluation over the selection orders."""
+        if not isinstance(state, SignState):
+            raise TypeError(f"the {self.name} strategy needs a SignState, got {type(state).__name__}")
+        if not state.selection:  # stopped before the selection (e.g. a budget spent by steps run by hand)
+            self.plan_selection(state)
+            while not self._selected(state):
+                self.select_step(objective, state)
+        key = "val_loss" if objective.meta_split == "val" else "train_loss"
+        rows = self._rows(objective, state)
+        chosen = min(range(len(rows)), key=lambda i: (rows[i]["score"], i))
         best_step, best = state.candidates[chosen]
         state.best, state.best_step = _clone(best), max(best_step, 0)
         state.best_loss = rows[chosen]["mean"]
@@ -372,7 +447,7 @@ class SignStrategy(Strategy):
             "selection_runs": len(state.selection),
             "hypergradient_seconds": sum(r.seconds - (r.inner_seconds or 0.0) for r in search
                                          if r.hypergrad_norm is not None or r.solver is not None),
-            "selection": {"salts": list(self.salts), "metric": key, "chosen": chosen,
+            "selection": {"salts": list(self.salts), "metric": key, "statistic": self.statistic, "chosen": chosen,
                           "candidates": [{k: v for k, v in r.items() if k != "evaluation"} for r in rows]},
         }
         evaluation = {"initial": rows[0]["evaluation"], "best": rows[chosen]["evaluation"]}
