@@ -87,13 +87,13 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         def once(batches: torch.Tensor) -> None:
             sgd_train(problem, batches)
 
-        def step(salt: int) -> tuple[float, float]:
+        def step(salt: int) -> tuple[float, float, float]:
             b = tuner.objective.batches(salt)
             _sync(device)
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             once(b)
             _sync(device)
-            return time.perf_counter() - t0, float("nan")
+            return time.perf_counter() - t0, float("nan"), time.process_time() - c0
 
         once(tuner.objective.batches(0)[:warm_t])
     else:
@@ -101,15 +101,15 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         warm.meta_step()
         del warm
         tuner = Tuner(problem, cfg)
-        def step(salt: int) -> tuple[float, float]:
+        def step(salt: int) -> tuple[float, float, float]:
             _sync(device)
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             record = tuner.meta_step()
             _sync(device)
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             # the phase after the T inner steps (Tuner records how long the inner steps took)
             inner = record.inner_seconds
-            return t1 - t0, (t1 - t0 - inner) if inner is not None else float("nan")
+            return t1 - t0, (t1 - t0 - inner) if inner is not None else float("nan"), c1 - c0
 
     _sync(device)
     reset_ok = reset_peak()
@@ -117,12 +117,13 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     if device != "cpu":
         torch.cuda.reset_peak_memory_stats()
         gpu_base = torch.cuda.memory_allocated()
-    walls, hyper = [], []
+    walls, hyper, cpus = [], [], []
     peak = base
     for r in range(spec["reps"]):
-        w, h = step(r)
+        w, h, c = step(r)
         walls.append(w)
         hyper.append(h)
+        cpus.append(c)
         if r == 0:
             peak = status_kib("VmHWM")
             if device != "cpu":
@@ -147,6 +148,9 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "dataset": spec["dataset"],
         "wall_s": statistics.median(walls),
         "wall_s_all": walls,
+        # CPU seconds of the process (all its threads): what a loaded, shared machine inflates least
+        "cpu_s": statistics.median(cpus),
+        "cpu_s_all": cpus,
         "hypergrad_s": statistics.median(finite_h) if finite_h else None,
         "peak_mib": (peak - base) / MIB,
         "total_peak_mib": peak / MIB,

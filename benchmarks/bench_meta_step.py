@@ -6,7 +6,8 @@ the RBP methods), T inner steps, and the floor: plain training of the same T ste
 ``torch.optim.SGD``. Per row: median wall time of one meta step (``Tuner.meta_step``: the T inner
 steps, the meta loss, the hypergradient, the Adam step), the hypergradient phase alone (time
 after the T inner steps), the peak-RSS growth above a baseline taken after set-up, and the total
-peak RSS. See :mod:`benchmarks._probe` for the measurement.
+peak RSS; a second table gives the time ratios in the process's CPU seconds, which a shared,
+loaded machine inflates less than the wall time. See :mod:`benchmarks._probe` for the measurement.
 
     python -m benchmarks.bench_meta_step --out docs/results/perf_table2.json
     python -m benchmarks.bench_meta_step --quick --out /tmp/bench.json      # < 1 minute
@@ -15,6 +16,7 @@ peak RSS. See :mod:`benchmarks._probe` for the measurement.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -81,6 +83,66 @@ def ratio_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def cpu_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: the same time ratios in CPU seconds of the process (rows without ``cpu_s`` are left out).
+
+    On a machine shared with other jobs the wall time counts the seconds the process waited
+    for a core; its CPU time does not, so these ratios move less with the load.
+    """
+    rows = [r for r in rows if r.get("cpu_s") is not None]
+    bptt = next((r["cpu_s"] for r in rows if r["method"] == "bptt"), None)
+    sgd = next((r["cpu_s"] for r in rows if r["method"] == "sgd"), None)
+    lines = ["| method | K | CPU s (median) | BPTT ÷ method, CPU time | paper time | method ÷ SGD, CPU time |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        k, c = r["truncate"], r["cpu_s"]
+        paper = f"×{PAPER_TIME[k]}" if r["method"] == "neumann" and k in PAPER_TIME else "–"
+        lines.append(f"| {LABELS[r['method']]} | {'–' if k is None else k} | {c:.3f} | "
+                     f"{'–' if bptt is None or c <= 0 else f'{bptt / c:.2f}'} | {paper} | "
+                     f"{'–' if sgd is None or sgd <= 0 else f'{c / sgd:.2f}'} |")
+    return "\n".join(lines)
+
+
+def merge_rounds(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per probe: the first round's, with the times and memory replaced by medians over the rounds."""
+    if len(rounds) == 1:
+        return rounds[0]
+    merged = []
+    for i, row in enumerate(rounds[0]):
+        same = [r[i] for r in rounds]
+        out = dict(row, rounds=len(rounds))
+        for key in ("wall_s", "cpu_s", "hypergrad_s", "peak_mib", "total_peak_mib", "baseline_mib"):
+            vals = [r[key] for r in same if r.get(key) is not None]
+            out[key] = statistics.median(vals) if vals else None
+            out[f"{key}_rounds"] = [r.get(key) for r in same]
+        merged.append(out)
+    return merged
+
+
+def round_ratios(rounds: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    """BPTT ÷ Neumann-RBP and Neumann-RBP ÷ SGD within each round (wall and CPU time), and their medians."""
+    ratios: dict[str, list[float]] = {}
+    for rows in rounds:
+        by = {(r["method"], r["truncate"]): r for r in rows}
+        bptt, sgd = by.get(("bptt", None)), by.get(("sgd", None))
+        for (m, k), r in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+            if m != "neumann":
+                continue
+            for clock in ("wall_s", "cpu_s"):
+                if bptt is not None:
+                    ratios.setdefault(f"BPTT ÷ Neumann-RBP K={k}, {clock}", []).append(bptt[clock] / r[clock])
+                if sgd is not None:
+                    ratios.setdefault(f"Neumann-RBP K={k} ÷ SGD, {clock}", []).append(r[clock] / sgd[clock])
+    lines = ["| ratio (within each round) | median | min | max | paper |", "|---|---|---|---|---|"]
+    for name, vals in ratios.items():
+        k = int(name.split("K=")[1].split()[0].rstrip(","))
+        paper = f"×{PAPER_TIME[k]}" if name.startswith("BPTT") and k in PAPER_TIME else "–"
+        lines.append(f"| {name.replace('_s', '')} | {statistics.median(vals):.2f} | {min(vals):.2f} | "
+                     f"{max(vals):.2f} | {paper} |")
+    return {"ratios": ratios, "medians": {n: statistics.median(v) for n, v in ratios.items()},
+            "markdown": "\n".join(lines)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_meta_step", description=__doc__.split("\n")[0])
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
@@ -95,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="run all K Neumann terms (the tuner's default stops the series when a term grows)")
     p.add_argument("--no-batch-hyper", action="store_true",
                    help="solve the M hyper-batch systems one after another instead of stacked")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the whole set of probes this many times, one round after another, and keep each "
+                        "row's median over the rounds; the ratios are medians of the per-round ratios (1)")
     p.add_argument("--quick", action="store_true", help="T=20, K=5,10, 2 reps: checks the pipeline in < 1 min")
     p.add_argument("--out", type=Path, default=None, help="JSON with every row")
     p.add_argument("--markdown", type=Path, default=None, help="write the ratio table here too")
@@ -110,23 +175,26 @@ def main(argv: list[str] | None = None) -> int:
     t, reps = args.inner_steps, args.reps
     if args.quick:
         t, ks, reps = 20, [5, 10], 2
-    if t < 1 or reps < 1 or any(k < 1 or k > t for k in ks):
-        p.error("need T >= 1, reps >= 1 and 1 <= K <= T")
+    if t < 1 or reps < 1 or args.rounds < 1 or any(k < 1 or k > t for k in ks):
+        p.error("need T >= 1, reps >= 1, rounds >= 1 and 1 <= K <= T")
     base = {"inner_steps": t, "reps": reps, "batch_size": args.batch_size, "dataset": args.dataset,
             "data_root": args.data_root, "device": args.device, "stop_on_growth": not args.no_stop_on_growth,
             "batch_hyper": not args.no_batch_hyper}
     start = time.perf_counter()
     info = machine()
-    rows = _rows_for(methods, ks, base)
-    table = ratio_table(rows)
-    print(table)
+    rounds = [_rows_for(methods, ks, base) for _ in range(args.rounds)]
+    rows = merge_rounds(rounds)
+    table, cpu = ratio_table(rows), cpu_table(rows)
+    summary = round_ratios(rounds) if args.rounds > 1 else None
+    print(table + "\n\n" + cpu + ("" if summary is None else "\n\n" + summary["markdown"]))
     if args.out is not None:
         write_json(args.out, {"command": "python -m benchmarks.bench_meta_step " + " ".join(sys.argv[1:] if argv
                                                                                             is None else argv),
                               "machine": info, "inner_steps": t, "truncate": ks, "reps": reps,
-                              "seconds": time.perf_counter() - start, "rows": rows, "markdown": table})
+                              "seconds": time.perf_counter() - start, "rows": rows, "markdown": table,
+                              "markdown_cpu": cpu, "rounds": args.rounds, "round_ratios": summary})
     if args.markdown is not None:
-        args.markdown.write_text(table + "\n")
+        args.markdown.write_text(table + "\n\n" + cpu + "\n")
     return 0
 
 

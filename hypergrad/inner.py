@@ -55,6 +55,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from hypergrad._flat import FlatMomentum
 from hypergrad._models import as_dtypes, call_model, default_metric, freeze_running_stats, grads_or_zeros
 from hypergrad._tree import Tree
 from hypergrad.data.schedule import BatchSchedule, batch_indices
@@ -476,11 +477,12 @@ class InnerProblem:
         for in-memory data, rows of training indices (a :class:`BatchSchedule` or a
         ``(T, B)`` tensor). The hot path, as lean as ``torch.optim``: a private deep copy
         of the model is trained in place (its parameters bound once, no ``functional_call``
-        per step), with :func:`sgd_momentum_step_` and the learning rates and momenta fixed
-        for the run. The copy makes concurrent calls safe (Optuna's ``n_jobs`` threads) and
-        starts every run from the model's initial buffers. Under ``parallel``, each rank
-        computes the gradient on its shard of every batch and the gradients are averaged
-        over ranks.
+        per step), with :func:`sgd_momentum_step_`'s arithmetic on two flat buffers
+        (:class:`~hypergrad._flat.FlatMomentum`, where the tensors share a dtype) and the
+        learning rates and momenta fixed for the run. The copy makes concurrent calls safe
+        (Optuna's ``n_jobs`` threads) and starts every run from the model's initial buffers.
+        Under ``parallel``, each rank computes the gradient on its shard of every batch and
+        the gradients are averaged over ranks.
         """
         par = self.parallel
         n = self.num_tensors
@@ -496,15 +498,20 @@ class InnerProblem:
             else:
                 lrs_s, moms_s = lrs, moms
             damping = [-(1.0 - b) for b in moms_s]
+            flat = FlatMomentum(w, v, lrs_s, moms_s, damping) if FlatMomentum.applies(w) else None
+            v = v if flat is None else flat.velocity  # views into the flat velocity
             for t, (x, y) in enumerate(self._training_batches(batches)):
                 with torch.enable_grad():
                     grads = grads_or_zeros(self.loss_fn(call_model(model, x), y), w)
                 if par is not None:
                     par.all_reduce_mean_(grads)
-                sgd_momentum_step_(w, v, grads, lrs_s, moms_s, damping=damping)
+                if flat is not None:
+                    flat.step(grads)
+                else:
+                    sgd_momentum_step_(w, v, grads, lrs_s, moms_s, damping=damping)
                 if on_step is not None:
                     on_step(t, tuple(w) + tuple(v))
-            return tuple(wi.detach().clone() for wi in w) + tuple(v)
+            return tuple(t.detach().clone() for t in w) + tuple(t.clone() if flat is not None else t for t in v)
 
     # ------------------------------------------------------------------ losses
     def eval_loss(self, weights: Sequence[Tensor], split: str = "val", chunk: int = 1024) -> Tensor:

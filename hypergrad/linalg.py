@@ -209,7 +209,7 @@ def neumann(
         return _zero_rhs("neumann", b)
     safe_bnorm = torch.where(bnorm > 0, bnorm, torch.ones_like(bnorm))
     active = bnorm > 0
-    g = tuple(bi.clone() for bi in b)
+    g = [bi.clone() for bi in b]
     v = b
     norms = [bnorm]
     residual = torch.zeros_like(bnorm)  # of each block's current sum: the norm of its next term / |b|
@@ -241,8 +241,7 @@ def neumann(
         if not bool(active.all()):  # a stopped block's series is frozen: its term is zeroed
             keep = active.to(v[0].dtype)
             v = tuple(vi * keep.reshape((-1,) + (1,) * (vi.dim() - 1)) for vi in v)
-        for gi, vi in zip(g, v):
-            gi.add_(vi)
+        torch._foreach_add_(g, v)  # one call for the tree (the element-wise adds of a loop of add_)
         terms += 1
     if nonfinite:
         stop_reason = "nonfinite"
@@ -256,7 +255,7 @@ def neumann(
     rates = [_rate([float(n[k]) for n in norms], eps=eps) for k in range(len(bnorm)) if bnorm[k] > 0]
     finite_rates = [r for r in rates if not math.isnan(r)]
     rho = max(finite_rates) if finite_rates else float("nan")
-    return g, _make_info("neumann", terms, history, stop_reason, tol, b, rho, matvecs)
+    return tuple(g), _make_info("neumann", terms, history, stop_reason, tol, b, rho, matvecs)
 
 
 def _one_block(b: Tree) -> tuple[Callable[[Tree], Tree], Callable[[Tree], Tree]]:

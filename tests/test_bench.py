@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from benchmarks import _probe
-from benchmarks.bench_meta_step import ratio_table
+from benchmarks.bench_meta_step import cpu_table, merge_rounds, ratio_table, round_ratios
 
 ROW_KEYS = {"method": str, "inner_steps": int, "wall_s": float, "hypergrad_s": (float, type(None)),
             "peak_mib": float, "total_peak_mib": float, "baseline_mib": float, "reps": int,
@@ -50,6 +50,9 @@ def test_quick_benchmark_writes_rows_with_the_schema(tmp_path, repo_root):
     for row in rows[:-1]:  # the hypergradient phase is part of the meta step
         assert 0 < row["hypergrad_s"] <= row["wall_s"] * 1.5
     assert "| Neumann-RBP | 10 |" in data["markdown"] and "×3.02" in data["markdown"]
+    for row in rows:  # CPU seconds beside the wall time, one per timed step
+        assert len(row["cpu_s_all"]) == row["reps"] and row["cpu_s"] > 0
+    assert "| Neumann-RBP | 10 |" in data["markdown_cpu"]
 
 
 def test_unknown_method_is_a_usage_error(repo_root):
@@ -86,3 +89,61 @@ def test_ratio_table_divides_bptt_by_each_method():
     cells = [c.strip() for c in ratio_table([bptt_gpu, gpu]).splitlines()[3].split("|")[1:-1]]
     assert cells[4:6] == ["2.5", "7.0"] and cells[8:10] == ["200.00", "100.00"]
 
+
+
+def test_cpu_table_divides_cpu_seconds():
+    rows = [{"method": "bptt", "truncate": None, "cpu_s": 6.0}, {"method": "neumann", "truncate": 10, "cpu_s": 2.0},
+            {"method": "sgd", "truncate": None, "cpu_s": 1.6}, {"method": "neumann", "truncate": 7}]
+    lines = cpu_table(rows).splitlines()
+    assert len(lines) == 2 + 3  # the row without cpu_s is left out
+    assert [c.strip() for c in lines[3].split("|")[1:-1]] == ["Neumann-RBP", "10", "2.000", "3.00", "×3.02", "1.25"]
+    assert [c.strip() for c in lines[2].split("|")[1:-1]][3:] == ["1.00", "–", "3.75"]
+
+
+def test_phases_add_up_to_the_meta_step():
+    from benchmarks.profile_meta_step import PHASES, phases
+    from hypergrad.config import RunConfig
+    from hypergrad.tuner import TuneConfig, Tuner
+    from hypergrad.workloads import build_problem
+
+    cfg = TuneConfig(method="neumann", inner_steps=15, truncate=3, meta_steps=10**6)
+    problem, _ = build_problem(RunConfig(dataset="digits"), cfg)
+    tuner = Tuner(problem, cfg)
+    data = phases(tuner, 2)
+    assert len(data["rows"]) == 2 and len(tuner.history) == 2 and data["sgd_cpu_s"] > 0
+    for row in data["rows"]:
+        assert all(row[k] > 0 for k in PHASES[:4])  # every phase ran and was timed
+        assert sum(row[k] for k in PHASES) == pytest.approx(row["meta step"])
+    assert "train" not in vars(problem) and "_solve" not in vars(tuner.objective)  # the timers are removed
+    assert "| hypergradient solve |" in data["markdown"] and data["wall_ratio_median"] > 0
+
+
+def test_rounds_merge_to_medians_and_ratios_within_rounds():
+    def rows(scale, n10):
+        return [{"method": "sgd", "truncate": None, "wall_s": 1.0 * scale, "cpu_s": 1.0, "hypergrad_s": None,
+                 "peak_mib": 1.0, "total_peak_mib": 2.0, "baseline_mib": 1.0},
+                {"method": "neumann", "truncate": 10, "wall_s": n10 * scale, "cpu_s": n10, "hypergrad_s": 0.1,
+                 "peak_mib": 3.0, "total_peak_mib": 4.0, "baseline_mib": 1.0},
+                {"method": "bptt", "truncate": None, "wall_s": 3.0 * scale, "cpu_s": 3.0, "hypergrad_s": 2.0,
+                 "peak_mib": 9.0, "total_peak_mib": 10.0, "baseline_mib": 1.0}]
+
+    rounds = [rows(1.0, 1.0), rows(2.0, 1.5), rows(4.0, 1.2)]  # the load doubles, then doubles again
+    merged = merge_rounds(rounds)
+    assert merged[1]["wall_s"] == 3.0 and merged[1]["wall_s_rounds"] == [1.0, 3.0, 4.8] and merged[1]["rounds"] == 3
+    assert merge_rounds(rounds[:1]) is rounds[0]
+    summary = round_ratios(rounds)
+    # within each round the load cancels: BPTT / Neumann = 3 / n10, whatever the scale
+    assert summary["ratios"]["BPTT ÷ Neumann-RBP K=10, wall_s"] == pytest.approx([3.0, 2.0, 2.5])
+    assert summary["medians"]["Neumann-RBP K=10 ÷ SGD, cpu_s"] == pytest.approx(1.2)
+    assert "| BPTT ÷ Neumann-RBP K=10, wall | 2.50 | 2.00 | 3.00 | ×3.02 |" in summary["markdown"]
+
+
+def test_interleaved_ratios_are_taken_within_rounds():
+    from benchmarks.bench_interleaved import measure
+
+    data = measure([3], rounds=2, inner_steps=12, dataset="digits", data_root=None)
+    times, ratios = data["times"], data["ratios"]
+    assert set(times) == {"sgd", "neumann K=3", "bptt"} and all(len(t["wall_s"]) == 2 for t in times.values())
+    want = [b / n for b, n in zip(times["bptt"]["cpu_s"], times["neumann K=3"]["cpu_s"])]
+    assert ratios["BPTT ÷ Neumann-RBP K=3"]["cpu"] == pytest.approx(want)
+    assert data["medians"]["Neumann-RBP K=3 ÷ SGD"]["wall"] > 0 and "| BPTT ÷ SGD |" in data["markdown"]

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hypergrad._flat import FlatMomentum
 from hypergrad.data.source import IndexBatches, LoaderSource
 from hypergrad.hyperparams import to_sgd_param_groups
 from hypergrad.inner import BatchSchedule, InnerProblem, sgd_momentum_step, sgd_momentum_step_
@@ -86,6 +87,36 @@ def test_step_with_and_without_graph_agree() -> None:
     assert all(not t.requires_grad for t in fast)
     for a, b in zip(fast, slow):
         torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("per", ["tensor", "element", "global"])
+def test_train_on_flat_buffers_equals_the_foreach_kernel(dtype: torch.dtype, per: str, monkeypatch) -> None:
+    """train's flat update (hypergrad._flat) takes the foreach kernel's steps to the bit, on_step included."""
+    problem = tiny_problem(dtype=dtype, per=per)
+    hp = problem.spec.init(lr=0.37, momentum=0.61, dtype=dtype)
+    hp = tuple(h + 0.1 * torch.randn(h.shape, generator=torch.Generator().manual_seed(3), dtype=dtype) for h in hp)
+    sched = problem.schedule(7, seed=2)
+    seen: list[list[torch.Tensor]] = [[], []]
+    flat = problem.train(hp, sched, on_step=lambda t, s: seen[0].append(torch.cat([x.flatten() for x in s])))
+    monkeypatch.setattr(FlatMomentum, "applies", staticmethod(lambda params: False))
+    loop = problem.train(hp, sched, on_step=lambda t, s: seen[1].append(torch.cat([x.flatten() for x in s])))
+    assert len(flat) == len(loop) == 2 * problem.num_tensors
+    for a, b in zip(flat + tuple(seen[0]), loop + tuple(seen[1])):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    again = problem.train(hp, sched[3:], state=problem.train(hp, sched[:3]))  # a resumed run, foreach
+    monkeypatch.undo()
+    resumed = problem.train(hp, sched[3:], state=problem.train(hp, sched[:3]))
+    for a, b, c in zip(resumed, again, loop):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    assert len({t.untyped_storage().data_ptr() for t in flat}) == len(flat)  # h_T shares no storage
+
+
+def test_flat_buffers_skip_mixed_dtypes() -> None:
+    model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2).double())
+    assert not FlatMomentum.applies(list(model.parameters()))
+    assert FlatMomentum.applies(list(model[0].parameters())) and not FlatMomentum.applies([])
 
 
 # ---------------------------------------------------------------------- the data API
