@@ -263,3 +263,75 @@ def test_a_non_finite_propagation_stops_an_implicit_run(method):
                                             graph.labels, graph.train_idx, num_steps=4, truncate=2)
     assert not math.isfinite(float(loss)) and all(bool(torch.isnan(g).all()) for g in g_gru)
     assert info is not None and info.stop_reason == "nonfinite" and info.iterations == 0
+
+
+def _stack64(params: list[GNNParams]) -> GNNParams:
+    return GNNParams(gru=tuple(torch.stack(ts) for ts in zip(*(p.gru for p in params))),
+                     out=tuple(torch.stack(ts) for ts in zip(*(p.out for p in params))))
+
+
+@pytest.mark.parametrize("method", ["bptt", "tbptt", "rbp", "cg", "neumann"])
+def test_a_stack_of_seeds_gives_each_seed_its_one_seed_gradient(method):
+    """Seeds stacked along a leading axis (own weights, own training nodes, own RBP start) ==
+    the one-network path seed by seed, to round-off; the difference norms too."""
+    graph = _toy_graph()
+    step = make_step(sparse_adjacency(graph).to(torch.float64))
+    h0 = torch.randn(graph.num_nodes, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    seeds = [0, 1, 2]
+    params = [_params64(4, 0.5, seed=s) for s in seeds]
+    idx = [torch.randperm(graph.num_nodes, generator=torch.Generator().manual_seed(s))[:5] for s in seeds]
+    kw = dict(num_steps=7, truncate=3)
+    sink: list[torch.Tensor] = []
+    g_gru, g_out, loss, logits, _ = gnn_gradients(
+        method, step, h0, _stack64(params), graph.labels, torch.stack(idx), diff_sink=sink,
+        generator=[torch.Generator().manual_seed(10 + s) for s in seeds], **kw)
+    assert loss.shape == (3,) and logits.shape == (3, graph.num_nodes, 3)
+    for i, s in enumerate(seeds):
+        one_sink: list[torch.Tensor] = []
+        want = gnn_gradients(method, step, h0, params[i], graph.labels, idx[i], diff_sink=one_sink,
+                             generator=torch.Generator().manual_seed(10 + s), **kw)
+        for got, ref in zip((*g_gru, *g_out), (*want[0], *want[1])):
+            torch.testing.assert_close(got[i], ref)
+        torch.testing.assert_close(loss[i], want[2])
+        torch.testing.assert_close(logits[i], want[3])
+        torch.testing.assert_close(torch.stack(sink)[:, i], torch.stack(one_sink))
+
+
+@pytest.mark.parametrize("method", ["baseline", "tbptt", "rbp", "neumann"])
+def test_train_seeds_batched_equals_the_per_seed_loop(method):
+    """A few epochs of three seeds trained as one program == each seed trained alone: curves,
+    best epoch, test accuracy; with early stopping that stops the seeds at different epochs."""
+    from recipes.gnn_citation.train import train_seeds
+
+    graph = _toy_graph(n=30)
+    x = torch.randn(30, 4, generator=torch.Generator().manual_seed(0))
+    step = make_step(sparse_adjacency(graph))
+    seeds = [3, 4, 5]
+    splits = []
+    for s in seeds:
+        perm = torch.randperm(30, generator=torch.Generator().manual_seed(s))
+        splits.append((perm[:6], perm[6:18], perm[18:]))
+    cfg = TrainConfig(num_steps=6, truncate=2, epochs=12, patience=3, lr=0.2)
+    batched = train_seeds(method, step, x, graph.labels, splits, 3, seeds=seeds, config=cfg)
+    loop = [train_run(method, step, x, graph.labels, sp, 3, seed=s, config=cfg) for s, sp in zip(seeds, splits)]
+    for got, want in zip(batched, loop):
+        assert got.seed == want.seed and got.epochs_run == want.epochs_run > 0
+        assert got.val_acc == want.val_acc and got.best_epoch == want.best_epoch
+        assert got.test_acc == want.test_acc and got.diverged == want.diverged
+        torch.testing.assert_close(torch.tensor(got.train_loss), torch.tensor(want.train_loss))
+        torch.testing.assert_close(torch.tensor(got.diff_norm_last), torch.tensor(want.diff_norm_last))
+    assert len({r.epochs_run for r in loop}) > 1  # the seeds stopped at different epochs
+
+
+def test_train_seeds_rejects_splits_of_different_sizes():
+    from recipes.gnn_citation.train import train_seeds
+
+    graph = _toy_graph(n=30)
+    x = torch.randn(30, 4)
+    step = make_step(sparse_adjacency(graph))
+    a = (torch.arange(6), torch.arange(6, 18), torch.arange(18, 30))
+    b = (torch.arange(5), torch.arange(5, 18), torch.arange(18, 30))
+    with pytest.raises(ValueError, match="same sizes"):
+        train_seeds("tbptt", step, x, graph.labels, [a, b], 3, seeds=[0, 1], config=TrainConfig(epochs=1))
+    with pytest.raises(ValueError, match="one split per seed"):
+        train_seeds("tbptt", step, x, graph.labels, [a], 3, seeds=[0, 1], config=TrainConfig(epochs=1))
