@@ -335,3 +335,49 @@ def test_train_seeds_rejects_splits_of_different_sizes():
         train_seeds("tbptt", step, x, graph.labels, [a, b], 3, seeds=[0, 1], config=TrainConfig(epochs=1))
     with pytest.raises(ValueError, match="one split per seed"):
         train_seeds("tbptt", step, x, graph.labels, [a], 3, seeds=[0, 1], config=TrainConfig(epochs=1))
+
+
+def test_time_limit_stops_the_batch_and_says_so():
+    from recipes.gnn_citation.train import train_seeds
+
+    graph = _toy_graph(n=30)
+    x = torch.randn(30, 4, generator=torch.Generator().manual_seed(0))
+    step = make_step(sparse_adjacency(graph))
+    split = (graph.train_idx, graph.val_idx, graph.test_idx)
+    cfg = TrainConfig(num_steps=4, truncate=2, epochs=50)
+    runs = train_seeds("tbptt", step, x, graph.labels, [split, split], 3, seeds=[0, 1], config=cfg,
+                       time_limit=1e-9)
+    assert [r.epochs_run for r in runs] == [1, 1] and all(r.out_of_time for r in runs)
+    full = train_seeds("tbptt", step, x, graph.labels, [split], 3, seeds=[0], config=cfg)
+    assert full[0].epochs_run == 50 and not full[0].out_of_time
+    with pytest.raises(ValueError, match="time_limit"):
+        train_seeds("tbptt", step, x, graph.labels, [split], 3, seeds=[0], config=cfg, time_limit=0)
+
+
+@pytest.mark.skipif(not (ROOT / "ind.cora.graph").is_file(), reason=f"raw Planetoid Cora files not under {ROOT}")
+def test_profile_mode_times_one_seed_and_the_batch(tmp_path, capsys):
+    from recipes.gnn_citation.run import main
+
+    out = tmp_path / "profile.json"
+    rc = main(["--dataset", "cora", "--hidden", "8", "--seeds", "0,1", "--methods", "tbptt,neumann",
+               "--inner-steps", "4", "--truncate", "2", "--profile-epochs", "1", "--out", str(out)])
+    assert rc == 0
+    prof = json.loads(out.read_text())
+    assert prof["seeds"] == [0, 1] and list(prof["methods"]) == ["tbptt", "neumann"]
+    for row in prof["methods"].values():
+        assert set(row) == {"one", "batch"} and all(v["seconds"] > 0 for v in row.values())
+    text = capsys.readouterr().out
+    assert "| 2 seeds batched (s/epoch) |" in text and "| Neumann-RBP |" in text
+
+
+def test_epochs_table_says_met_or_missed():
+    from recipes.gnn_citation.plot import epochs_table
+
+    rec = {"dataset": "cora", "paper": {"tbptt": [46.55, 6.4], "neumann": [46.63, 8.3]},
+           "summary": {"tbptt": {"mean": 47.0, "std": 1.0, "n": 10, "mean_epochs_run": 900.0,
+                                 "mean_best_epoch": 700.0, "out_of_time": 0},
+                       "neumann": {"mean": 40.0, "std": 1.0, "n": 10, "mean_epochs_run": 80.0,
+                                   "mean_best_epoch": 79.0, "out_of_time": 10}}}
+    text = epochs_table([rec])
+    assert "| cora | TBPTT | 900 | 700 | 0/10 | met (+0.45) |" in text
+    assert "| cora | Neumann-RBP | 80 | 79 | 10/10 | missed (-6.63) |" in text

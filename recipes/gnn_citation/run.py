@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     plot_paths = plot_only_paths(parser, args)
     if plot_paths is not None:
-        from recipes.gnn_citation.plot import load_records, markdown_table, merge_records, plot_records
+        from recipes.gnn_citation.plot import epochs_table, load_records, markdown_table, merge_records, plot_records
 
         try:
             records = merge_records(load_records(plot_paths))
@@ -244,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             for path in plot_records(records, args.figdir, tag=args.tag):
                 print(f"wrote {path}")
         print(markdown_table(records))
+        print()
+        print(epochs_table(records))
         return 0
     if args.quick:
         args.epochs, args.seeds, args.inner_steps, args.truncate = 3, args.seeds[:1], 10, 3
