@@ -16,7 +16,9 @@ The seeds of a table train as one batched program (:func:`train_seeds`): weights
 along a leading axis of seeds, the training loss the sum of the seeds' losses (so each seed's
 gradient is its own), the implicit solves block by block (``blocks=True``), RBP's random start
 drawn from each seed's own generator, and SGD acting entry by entry. Each seed's numbers are
-those of its one-seed run up to round-off.
+those of its one-seed run up to round-off, with one exception: a Neumann series that becomes
+non-finite in one seed stops for every seed of the batch (``linalg.neumann(blocks=True)``), which
+did not happen in the recorded runs.
 """
 
 from __future__ import annotations
