@@ -13,13 +13,21 @@ labels, and spells its common flags the same way:
   ``--out``), without running anything;
 * ``--quick``: a tiny run for the tests (well under a minute);
 * ``--no-progress``: no progress bars.
+
+Recipes whose trials (seeds) differ only in their weights run them as one batched program:
+:func:`stack_seeds` draws each seed's tensors and stacks them along a leading axis,
+:func:`solves_blocks` says whether a method solves the seeds' systems as independent blocks,
+and :func:`median_seconds` times a step for the one-trial and the batched profiles.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import torch
 
 from hypergrad.methods import get_method, method_names
 
@@ -30,10 +38,15 @@ __all__ = [
     "add_seeds_flag",
     "int_list",
     "label",
+    "median",
+    "median_seconds",
     "methods_list",
     "plot_only_paths",
     "recipe_parser",
     "seeds_list",
+    "solves_blocks",
+    "speedup_table",
+    "stack_seeds",
 ]
 
 #: The five methods the paper compares (§5), in its order.
@@ -151,3 +164,52 @@ def plot_only_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     if args.out is None:
         parser.error("--plot-only without paths re-draws from --out; give one of them")
     return [args.out]
+
+
+def stack_seeds(draw: Callable[[torch.Generator], Sequence[torch.Tensor]],
+                generators: Sequence[torch.Generator]) -> tuple[torch.Tensor, ...]:
+    """Each seed's tensors, ``draw(generators[i])``, stacked along a new leading axis (leaves that
+    require grad). Seed ``i`` of the stack starts where its one-seed run starts."""
+    if not generators:
+        raise ValueError("generators must name at least one seed")
+    drawn = [tuple(t.detach() for t in draw(g)) for g in generators]
+    return tuple(torch.stack(ts).requires_grad_(True) for ts in zip(*drawn))
+
+
+def solves_blocks(method: str, stacked: bool) -> bool:
+    """``blocks=`` for :func:`hypergrad.gradient`: a stack of seeds solved as independent blocks.
+
+    True for a stacked state and an implicit method that supports blocks
+    (:attr:`hypergrad.methods.Method.stackable`); the unrolled methods need no blocks.
+    """
+    m = get_method(method)
+    return stacked and m.family == "implicit" and m.stackable
+
+
+def median_seconds(fn: Callable[[], object], iterations: int) -> dict[str, float]:
+    """Wall and CPU seconds of ``fn()``: the medians of ``iterations`` calls after one warm-up call."""
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    wall, cpu = [], []
+    for _ in range(iterations + 1):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return {"seconds": median(wall[1:]), "cpu_seconds": median(cpu[1:])}
+
+
+def median(values: Sequence[float]) -> float:
+    """The middle value (the upper of the two middle ones for an even count)."""
+    return sorted(values)[len(values) // 2]
+
+
+def speedup_table(first: str, unit: str, n: int, rows: dict[str, tuple[float, float]], noun: str = "trial") -> str:
+    """A Markdown table of ``rows`` (label -> (seconds of one ``noun``, seconds of ``n`` batched)):
+    one, ``n`` one after another (``n`` x one), ``n`` batched and the speed-up; ``unit`` names
+    what is timed (``"iter"``, ``"epoch"``)."""
+    lines = [f"| {first} | 1 {noun} (s/{unit}) | {n} {noun}s one after another (s/{unit}, = {n} x 1 {noun}) "
+             f"| {n} {noun}s batched (s/{unit}) | speed-up |", "|---|---|---|---|---|"]
+    for name, (one, batch) in rows.items():
+        lines.append(f"| {name} | {one:.3f} | {n * one:.2f} | {batch:.2f} | {n * one / batch:.1f}x |")
+    return "\n".join(lines)

@@ -263,3 +263,121 @@ def test_a_non_finite_propagation_stops_an_implicit_run(method):
                                             graph.labels, graph.train_idx, num_steps=4, truncate=2)
     assert not math.isfinite(float(loss)) and all(bool(torch.isnan(g).all()) for g in g_gru)
     assert info is not None and info.stop_reason == "nonfinite" and info.iterations == 0
+
+
+def _stack64(params: list[GNNParams]) -> GNNParams:
+    return GNNParams(gru=tuple(torch.stack(ts) for ts in zip(*(p.gru for p in params))),
+                     out=tuple(torch.stack(ts) for ts in zip(*(p.out for p in params))))
+
+
+@pytest.mark.parametrize("method", ["bptt", "tbptt", "rbp", "cg", "neumann"])
+def test_a_stack_of_seeds_gives_each_seed_its_one_seed_gradient(method):
+    """Seeds stacked along a leading axis (own weights, own training nodes, own RBP start) ==
+    the one-network path seed by seed, to round-off; the difference norms too."""
+    graph = _toy_graph()
+    step = make_step(sparse_adjacency(graph).to(torch.float64))
+    h0 = torch.randn(graph.num_nodes, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    seeds = [0, 1, 2]
+    params = [_params64(4, 0.5, seed=s) for s in seeds]
+    idx = [torch.randperm(graph.num_nodes, generator=torch.Generator().manual_seed(s))[:5] for s in seeds]
+    kw = dict(num_steps=7, truncate=3)
+    sink: list[torch.Tensor] = []
+    g_gru, g_out, loss, logits, _ = gnn_gradients(
+        method, step, h0, _stack64(params), graph.labels, torch.stack(idx), diff_sink=sink,
+        generator=[torch.Generator().manual_seed(10 + s) for s in seeds], **kw)
+    assert loss.shape == (3,) and logits.shape == (3, graph.num_nodes, 3)
+    for i, s in enumerate(seeds):
+        one_sink: list[torch.Tensor] = []
+        want = gnn_gradients(method, step, h0, params[i], graph.labels, idx[i], diff_sink=one_sink,
+                             generator=torch.Generator().manual_seed(10 + s), **kw)
+        for got, ref in zip((*g_gru, *g_out), (*want[0], *want[1])):
+            torch.testing.assert_close(got[i], ref)
+        torch.testing.assert_close(loss[i], want[2])
+        torch.testing.assert_close(logits[i], want[3])
+        torch.testing.assert_close(torch.stack(sink)[:, i], torch.stack(one_sink))
+
+
+@pytest.mark.parametrize("method", ["baseline", "tbptt", "rbp", "neumann"])
+def test_train_seeds_batched_equals_the_per_seed_loop(method):
+    """A few epochs of three seeds trained as one program == each seed trained alone: curves,
+    best epoch, test accuracy; with early stopping that stops the seeds at different epochs."""
+    from recipes.gnn_citation.train import train_seeds
+
+    graph = _toy_graph(n=30)
+    x = torch.randn(30, 4, generator=torch.Generator().manual_seed(0))
+    step = make_step(sparse_adjacency(graph))
+    seeds = [3, 4, 5]
+    splits = []
+    for s in seeds:
+        perm = torch.randperm(30, generator=torch.Generator().manual_seed(s))
+        splits.append((perm[:6], perm[6:18], perm[18:]))
+    cfg = TrainConfig(num_steps=6, truncate=2, epochs=12, patience=3, lr=0.2)
+    batched = train_seeds(method, step, x, graph.labels, splits, 3, seeds=seeds, config=cfg)
+    loop = [train_run(method, step, x, graph.labels, sp, 3, seed=s, config=cfg) for s, sp in zip(seeds, splits)]
+    for got, want in zip(batched, loop):
+        assert got.seed == want.seed and got.epochs_run == want.epochs_run > 0
+        assert got.val_acc == want.val_acc and got.best_epoch == want.best_epoch
+        assert got.test_acc == want.test_acc and got.diverged == want.diverged
+        torch.testing.assert_close(torch.tensor(got.train_loss), torch.tensor(want.train_loss))
+        torch.testing.assert_close(torch.tensor(got.diff_norm_last), torch.tensor(want.diff_norm_last))
+    assert len({r.epochs_run for r in loop}) > 1  # the seeds stopped at different epochs
+
+
+def test_train_seeds_rejects_splits_of_different_sizes():
+    from recipes.gnn_citation.train import train_seeds
+
+    graph = _toy_graph(n=30)
+    x = torch.randn(30, 4)
+    step = make_step(sparse_adjacency(graph))
+    a = (torch.arange(6), torch.arange(6, 18), torch.arange(18, 30))
+    b = (torch.arange(5), torch.arange(5, 18), torch.arange(18, 30))
+    with pytest.raises(ValueError, match="same sizes"):
+        train_seeds("tbptt", step, x, graph.labels, [a, b], 3, seeds=[0, 1], config=TrainConfig(epochs=1))
+    with pytest.raises(ValueError, match="one split per seed"):
+        train_seeds("tbptt", step, x, graph.labels, [a], 3, seeds=[0, 1], config=TrainConfig(epochs=1))
+
+
+def test_time_limit_stops_the_batch_and_says_so():
+    from recipes.gnn_citation.train import train_seeds
+
+    graph = _toy_graph(n=30)
+    x = torch.randn(30, 4, generator=torch.Generator().manual_seed(0))
+    step = make_step(sparse_adjacency(graph))
+    split = (graph.train_idx, graph.val_idx, graph.test_idx)
+    cfg = TrainConfig(num_steps=4, truncate=2, epochs=50)
+    runs = train_seeds("tbptt", step, x, graph.labels, [split, split], 3, seeds=[0, 1], config=cfg,
+                       time_limit=1e-9)
+    assert [r.epochs_run for r in runs] == [1, 1] and all(r.out_of_time for r in runs)
+    full = train_seeds("tbptt", step, x, graph.labels, [split], 3, seeds=[0], config=cfg)
+    assert full[0].epochs_run == 50 and not full[0].out_of_time
+    with pytest.raises(ValueError, match="time_limit"):
+        train_seeds("tbptt", step, x, graph.labels, [split], 3, seeds=[0], config=cfg, time_limit=0)
+
+
+@pytest.mark.skipif(not (ROOT / "ind.cora.graph").is_file(), reason=f"raw Planetoid Cora files not under {ROOT}")
+def test_profile_mode_times_one_seed_and_the_batch(tmp_path, capsys):
+    from recipes.gnn_citation.run import main
+
+    out = tmp_path / "profile.json"
+    rc = main(["--dataset", "cora", "--hidden", "8", "--seeds", "0,1", "--methods", "tbptt,neumann",
+               "--inner-steps", "4", "--truncate", "2", "--profile-epochs", "1", "--out", str(out)])
+    assert rc == 0
+    prof = json.loads(out.read_text())
+    assert prof["seeds"] == [0, 1] and list(prof["methods"]) == ["tbptt", "neumann"]
+    for row in prof["methods"].values():
+        assert set(row) == {"one", "batch"} and all(v["seconds"] > 0 for v in row.values())
+    text = capsys.readouterr().out
+    assert "| 2 seeds batched (s/epoch) |" in text and "| Neumann-RBP |" in text
+
+
+def test_epochs_table_says_met_or_missed():
+    from recipes.gnn_citation.plot import epochs_table
+
+    rec = {"dataset": "cora", "paper": {"tbptt": [46.55, 6.4], "neumann": [46.63, 8.3]},
+           "summary": {"tbptt": {"mean": 47.0, "std": 1.0, "n": 10, "mean_epochs_run": 900.0,
+                                 "mean_best_epoch": 700.0, "out_of_time": 0},
+                       "neumann": {"mean": 40.0, "std": 1.0, "n": 10, "mean_epochs_run": 80.0,
+                                   "mean_best_epoch": 79.0, "out_of_time": 10}}}
+    text = epochs_table([rec])
+    assert "| cora | TBPTT | 900 | 700 | 0/10 | met (+0.45) |" in text
+    assert "| cora | Neumann-RBP | 80 | 79 | 10/10 | missed (-6.63) |" in text

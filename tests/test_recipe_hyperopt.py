@@ -17,7 +17,8 @@ def test_recipe_file_is_the_papers_setting():
     recipe = hrun.load_recipe()
     assert recipe["dataset"] == "mnist" and recipe["n_train"] == 10_000 and recipe["hidden"] == [50, 50, 50]
     assert recipe["methods"] == ["bptt", "tbptt", "rbp", "cg", "neumann"] and len(recipe["seeds"]) >= 3
-    assert {(g["inner_steps"], g["truncate"]) for g in recipe["grid"]} >= {(100, 50), (1000, 50), (1500, 100)}
+    paper_grid = {(100, 50), (500, 50), (1000, 50), (1500, 50), (100, 100), (500, 100), (1500, 100)}
+    assert {(g["inner_steps"], g["truncate"]) for g in recipe["grid"]} == paper_grid  # the paper's seven points
     assert recipe["settings"]["paper"] == {"meta_loss": "train", "fixed_point_batch": "full", "batch_size": 200}
     assert recipe["settings"]["default"]["meta_loss"] == "val"
 

@@ -10,6 +10,12 @@ which is the map of Eq. (1) with state ``(h,)`` and parameters
 ``w = (W_ih, W_hh, b_ih, b_hh)``; the graph ``A`` lives in the closure. After ``T``
 steps a linear layer gives the class logits, and the loss is the cross-entropy on the
 training nodes.
+
+**Seeds as one program.** The seeds of a table share the graph and differ in their weights
+and split, so every tensor may carry a leading axis of ``S`` seeds (:func:`stack_params`):
+``h`` is ``(S, N, H)``, the GRU weights ``(S, 3H, H)``, the messages one sparse product
+``A [h_1 ... h_S]`` on an ``(N, S*H)`` matrix and each GRU step batched matmuls. Seed ``s``
+of the stack computes what the one-seed map computes for it (up to round-off).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ __all__ = [
     "pca_features",
     "readout",
     "sparse_adjacency",
+    "stack_params",
 ]
 
 Step = Callable[[tuple[Tensor, ...], tuple[Tensor, ...]], tuple[Tensor, ...]]
@@ -74,6 +81,18 @@ def init_params(hidden: int, num_classes: int, *, generator: torch.Generator) ->
     return GNNParams(gru=gru, out=(normal(num_classes, hidden), zeros(num_classes)))
 
 
+def stack_params(hidden: int, num_classes: int, generators: list[torch.Generator]) -> GNNParams:
+    """The parameters of ``len(generators)`` seeds stacked along a leading axis.
+
+    Seed ``i`` draws its tensors as :func:`init_params` does from ``generators[i]`` (so each
+    generator is left where the one-seed run leaves it).
+    """
+    from recipes._common import stack_seeds
+
+    leaves = stack_seeds(lambda g: init_params(hidden, num_classes, generator=g).all(), generators)
+    return GNNParams(gru=leaves[:4], out=leaves[4:])
+
+
 class SymmetricSpMM(torch.autograd.Function):
     """``A @ h`` for a constant symmetric sparse ``A``.
 
@@ -102,11 +121,19 @@ def sparse_adjacency(graph: PlanetoidGraph) -> Tensor:
 
 
 def gru_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
-    """``torch.nn.GRUCell`` written out (gate order r, z, n), so it is twice differentiable."""
-    gi = torch.addmm(b_ih, x, w_ih.t())
-    gh = torch.addmm(b_hh, h, w_hh.t())
-    i_r, i_z, i_n = gi.chunk(3, dim=1)
-    h_r, h_z, h_n = gh.chunk(3, dim=1)
+    """``torch.nn.GRUCell`` written out (gate order r, z, n), so it is twice differentiable.
+
+    One network: ``x, h`` ``(N, H)``, weights ``(3H, H)``, biases ``(3H,)``. A stack of seeds:
+    ``x, h`` ``(S, N, H)``, weights ``(S, 3H, H)``, biases ``(S, 3H)`` (batched matmuls).
+    """
+    if w_ih.dim() == 2:
+        gi = torch.addmm(b_ih, x, w_ih.t())
+        gh = torch.addmm(b_hh, h, w_hh.t())
+    else:
+        gi = torch.baddbmm(b_ih.unsqueeze(-2), x, w_ih.mT)
+        gh = torch.baddbmm(b_hh.unsqueeze(-2), h, w_hh.mT)
+    i_r, i_z, i_n = gi.chunk(3, dim=-1)
+    h_r, h_z, h_n = gh.chunk(3, dim=-1)
     r = torch.sigmoid(i_r + h_r)
     z = torch.sigmoid(i_z + h_z)
     n = torch.tanh(i_n + r * h_n)
@@ -116,20 +143,33 @@ def gru_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_h
 def make_step(adjacency: Tensor) -> Step:
     """The propagation map ``F((h,), (W_ih, W_hh, b_ih, b_hh)) = (GRU(A h, h),)``.
 
-    ``adjacency`` must be symmetric (Planetoid graphs are undirected).
+    ``adjacency`` must be symmetric (Planetoid graphs are undirected). ``h`` is ``(N, H)``, or
+    ``(S, N, H)`` for a stack of seeds (:func:`stack_params`): then all seeds' messages are
+    one sparse product on the ``(N, S*H)`` matrix of their states side by side.
     """
 
     def step(state: tuple[Tensor, ...], params: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         (h,) = state
-        message = SymmetricSpMM.apply(h, adjacency)  # sum of the neighbours' states
+        if h.dim() == 2:
+            message = SymmetricSpMM.apply(h, adjacency)  # sum of the neighbours' states
+        else:
+            s, n, k = h.shape
+            flat = h.transpose(0, 1).reshape(n, s * k)
+            message = SymmetricSpMM.apply(flat, adjacency).reshape(n, s, k).transpose(0, 1)
         return (gru_cell(message, h, *params),)
 
     return step
 
 
 def readout(h: Tensor, out: tuple[Tensor, Tensor]) -> Tensor:
-    """Class logits of every node: the output layer."""
-    return F.linear(h, out[0], out[1])
+    """Class logits of every node: the output layer.
+
+    With stacked weights (``(S, C, H)``, ``(S, C)``), ``h`` is ``(S, N, H)`` or one ``(N, H)``
+    shared by the seeds (the baseline's features); the logits are ``(S, N, C)``.
+    """
+    if out[0].dim() == 2:
+        return F.linear(h, out[0], out[1])
+    return torch.matmul(h, out[0].mT) + out[1].unsqueeze(-2)
 
 
 def pca_features(features: Tensor, dim: int, *, seed: int = 1234) -> Tensor:

@@ -10,7 +10,7 @@ import numpy as np
 
 from recipes.gnn_citation.train import GNN_METHODS, METHODS, label
 
-__all__ = ["load_records", "markdown_table", "mean_curve", "merge_records", "plot_records"]
+__all__ = ["epochs_table", "load_records", "markdown_table", "mean_curve", "merge_records", "plot_records"]
 
 # Schema 1 files named two methods the recipe's own way.
 _OLD_NAMES = {"cg_rbp": "cg", "neumann_rbp": "neumann"}
@@ -144,4 +144,20 @@ def markdown_table(records: list[dict]) -> str:
             paper = rec["paper"].get(method)
             cells += [ours, f"{paper[0]:.2f} ± {paper[1]:.1f}" if paper else "—"]
         lines.append(f"| {label(method)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def epochs_table(records: list[dict]) -> str:
+    """Per data set and method: epochs run and best epoch (mean over seeds), runs stopped by the
+    time limit, and whether the mean test accuracy meets the paper's mean."""
+    lines = ["| data set | method | epochs run (mean) | best epoch (mean) | out of time | ours vs paper |",
+             "|---|---|---|---|---|---|"]
+    for rec in records:
+        for method, s in rec.get("summary", {}).items():
+            paper = rec["paper"].get(method)
+            verdict = "—" if not paper or not math.isfinite(s["mean"]) else (
+                f"{'met' if s['mean'] >= paper[0] else 'missed'} ({s['mean'] - paper[0]:+.2f})")
+            best = "—" if s.get("mean_best_epoch") is None else f"{s['mean_best_epoch']:.0f}"
+            lines.append(f"| {rec['dataset']} | {label(method)} | {s['mean_epochs_run']:.0f} | {best} "
+                         f"| {s.get('out_of_time', 0)}/{s['n']} | {verdict} |")
     return "\n".join(lines)

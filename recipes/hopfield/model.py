@@ -46,7 +46,7 @@ from torch import Tensor
 import hypergrad
 from hypergrad.data import read_idx
 from hypergrad.data.mnist import find_mnist_file
-from hypergrad.methods import get_method
+from recipes._common import solves_blocks, stack_seeds
 
 __all__ = [
     "READOUTS",
@@ -135,9 +135,9 @@ class HopfieldNet:
         """
         if not seeds:
             raise ValueError("seeds must name at least one trial")
-        nets = [cls.create(n_obs=n_obs, n_hidden=n_hidden, n_out=n_out, init_scale=init_scale, dtype=dtype,
-                           generator=torch.Generator().manual_seed(s), **kwargs) for s in seeds]
-        A = torch.stack([net.A.detach() for net in nets]).requires_grad_(True)
+        (A,) = stack_seeds(lambda g: (cls.create(n_obs=n_obs, n_hidden=n_hidden, n_out=n_out, init_scale=init_scale,
+                                                 dtype=dtype, generator=g, **kwargs).A,),
+                           [torch.Generator().manual_seed(s) for s in seeds])
         return cls(A, n_obs, n_hidden, n_out, **kwargs)
 
     @property
@@ -236,7 +236,7 @@ def train_step_grad(net: HopfieldNet, images: Tensor, method: str, truncate: int
     stacked = net.trials is not None
     res = hypergrad.gradient(net.step_fn(), net.initial_state(len(images)), params, loss_fn, method=method,
                              num_steps=net.num_steps, truncate=truncate, init="uniform", generator=generator,
-                             has_aux=True, blocks=stacked and get_method(method).stackable)
+                             has_aux=True, blocks=solves_blocks(method, stacked))
     net.A.grad = None
     torch.autograd.backward((w_ff, drive), res.grads)
     return res.aux, res.info

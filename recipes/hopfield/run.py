@@ -48,8 +48,11 @@ from recipes._common import (
     add_seeds_flag,
     int_list,
     label,
+    median,
+    median_seconds,
     plot_only_paths,
     recipe_parser,
+    speedup_table,
 )
 from recipes.hopfield.model import READOUTS, HopfieldNet, corrupt, load_images, recall, train_step_grad, trial_l1
 
@@ -256,20 +259,15 @@ def run_profile(images: torch.Tensor, args: argparse.Namespace) -> dict[str, Any
                          ("stack", _net(args, args.seeds))):
             opt = torch.optim.Adam([net.A], lr=args.lr)
             gen = torch.Generator().manual_seed(0)
-            wall, cpu = [], []
-            for _ in range(args.profile_iterations + 1):  # the first iteration warms up
-                t0, c0 = time.perf_counter(), time.process_time()
+
+            def iteration(net: HopfieldNet = net, opt: torch.optim.Optimizer = opt, gen: torch.Generator = gen,
+                          method: str = method) -> None:
                 train_step_grad(net, batch, method, k, generator=gen)
                 opt.step()
-                wall.append(time.perf_counter() - t0)
-                cpu.append(time.process_time() - c0)
-            row[key] = {"seconds": _median(wall[1:]), "cpu_seconds": _median(cpu[1:])}
+
+            row[key] = median_seconds(iteration, args.profile_iterations)  # after one warm-up iteration
         rows[method] = row
     return {"trials": len(args.seeds), "iterations": args.profile_iterations, "truncation": k, "methods": rows}
-
-
-def _median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
 
 
 def success_table(results: dict[str, Any], column: str = "success") -> str:
@@ -289,7 +287,7 @@ def success_table(results: dict[str, Any], column: str = "success") -> str:
             if column == "ratio":
                 ratios = [f / i if f is not None and i else math.inf
                           for i, f in zip(cell.get("initial", []), cell.get("final", []))]
-                row.append(f"{_median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})" if ratios else "-")
+                row.append(f"{median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})" if ratios else "-")
                 continue
             hits = cell.get("success", []) if column == "success" else [r >= 9 for r in cell.get("recalls", [])]
             row.append(f"{100.0 * sum(hits) / len(hits):.0f}% ({sum(hits)}/{len(hits)})" if hits else "-")
@@ -316,13 +314,8 @@ def profile_table(results: dict[str, Any]) -> str:
     prof = results.get("profile")
     if not prof:
         return "(no profile in these results)"
-    s = prof["trials"]
-    lines = [f"| Method | 1 trial (s/iter) | {s} trials one after another (s/iter, = {s} x 1 trial) "
-             f"| {s} trials batched (s/iter) | speed-up |", "|---|---|---|---|---|"]
-    for m, row in prof["methods"].items():
-        one, stack = row["one"]["cpu_seconds"], row["stack"]["cpu_seconds"]
-        lines.append(f"| {label(m)} | {one:.3f} | {s * one:.2f} | {stack:.2f} | {s * one / stack:.1f}x |")
-    return "\n".join(lines)
+    rows = {label(m): (row["one"]["cpu_seconds"], row["stack"]["cpu_seconds"]) for m, row in prof["methods"].items()}
+    return speedup_table("Method", "iter", prof["trials"], rows)
 
 
 def curve_summary(results: dict[str, Any]) -> str:
