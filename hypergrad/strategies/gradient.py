@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,7 @@ from hypergrad.objective import MetaObjective
 from hypergrad.records import MetaStepRecord, finite_or_none
 from hypergrad.strategies.base import SearchState, Strategy, _clone, _finite
 
-__all__ = ["GradientState", "GradientStrategy"]
+__all__ = ["GradientState", "GradientStrategy", "apply_decision"]
 
 
 @dataclass(kw_only=True)
@@ -41,6 +42,38 @@ class GradientState(SearchState):
         super().load_state_dict(state)
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scale = float(state["lr_scale"])
+
+
+def apply_decision(
+    config: TuneConfig,
+    state: Any,
+    decision: Any,
+    grad: tuple[torch.Tensor, ...],
+    gnorm: float,
+    meta_lr: Callable[[TuneConfig, Any], float],
+) -> None:
+    """Carry out a divergence decision (:func:`hypergrad.divergence.decide`) and, where it allows, one Adam step.
+
+    Restores the best hyperparameters and scales the meta lr as decided; then the hypergradient,
+    clipped (``decision.scale``) and normalised as configured, goes to ``state.optimizer`` at
+    ``meta_lr(config, state)`` (read after the backoff's scale). ``state`` carries ``hparams``,
+    ``best``, ``optimizer`` and ``lr_scale`` (the gradient and online strategies' states).
+    """
+    if decision.restore_best:
+        state.set_hparams(state.best)
+    state.lr_scale *= decision.lr_factor
+    if not decision.apply:
+        return
+    if decision.scale is not None:
+        grad = tuple(g * decision.scale for g in grad)
+    if config.normalize and gnorm > 0:
+        grad = tuple(g / tree_norm(grad) for g in grad)
+    for group in state.optimizer.param_groups:
+        group["lr"] = meta_lr(config, state)
+    for h, g in zip(state.hparams, grad):
+        h.grad = g.to(h.dtype)
+    state.optimizer.step()
+    state.optimizer.zero_grad(set_to_none=True)
 
 
 class GradientStrategy(Strategy):
@@ -133,20 +166,7 @@ class GradientStrategy(Strategy):
         if decision.stop:
             record(decision.action)
             raise DivergenceError(f"meta step {k}: {', '.join(decision.unhandled)} (on_divergence='stop')")
-        if decision.restore_best:
-            state.set_hparams(state.best)
-        state.lr_scale *= decision.lr_factor
-        if decision.apply:
-            if decision.scale is not None:
-                grad = tuple(g * decision.scale for g in grad)
-            if cfg.normalize and gnorm > 0:
-                grad = tuple(g / tree_norm(grad) for g in grad)
-            for group in state.optimizer.param_groups:
-                group["lr"] = self.meta_lr(cfg, state)
-            for h, g in zip(state.hparams, grad):
-                h.grad = g.to(h.dtype)
-            state.optimizer.step()
-            state.optimizer.zero_grad(set_to_none=True)
+        apply_decision(cfg, state, decision, grad, gnorm, self.meta_lr)
         state.step_count += 1
         return record(decision.action)
 

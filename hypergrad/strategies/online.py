@@ -66,6 +66,7 @@ from hypergrad.methods import get_method, gradient, method_names
 from hypergrad.objective import MetaObjective
 from hypergrad.records import HypergradResult, MetaStepRecord, TuneResult, finite_or_none
 from hypergrad.strategies.base import SearchState, Strategy, _clone, _finite
+from hypergrad.strategies.gradient import apply_decision
 
 __all__ = ["MAX_ROLLBACKS", "OnlineState", "OnlineStrategy"]
 
@@ -282,20 +283,7 @@ class OnlineStrategy(Strategy):
             record(decision.action)
             raise DivergenceError(f"online period {begin}..{end}: {', '.join(decision.unhandled)} "
                                   "(on_divergence='stop')")
-        if decision.restore_best:
-            state.set_hparams(state.best)
-        state.lr_scale *= decision.lr_factor
-        if decision.apply:
-            if decision.scale is not None:
-                grad = tuple(g * decision.scale for g in grad)
-            if cfg.normalize and gnorm > 0:
-                grad = tuple(g / tree_norm(grad) for g in grad)
-            for group in state.optimizer.param_groups:
-                group["lr"] = self.meta_lr(cfg, state)
-            for h, g in zip(state.hparams, grad):
-                h.grad = g.to(h.dtype)
-            state.optimizer.step()
-            state.optimizer.zero_grad(set_to_none=True)
+        apply_decision(cfg, state, decision, grad, gnorm, self.meta_lr)
         state.step_count += 1
         return record(decision.action)
 
