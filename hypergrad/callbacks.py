@@ -334,7 +334,10 @@ class LoggingCallback(Callback):
         self._warned_zero_terms = False
 
     def on_meta_step(self, tuner: TuningRun, record: MetaStepRecord) -> None:
-        if record.events:
+        if record.events == ("backtrack",):  # the sign rule's own step back from a blow-up: expected, not a fault
+            logger.info("meta step %d: the loss blew up; back to the last accepted point with halved steps",
+                        record.step)
+        elif record.events:
             logger.warning("meta step %d: %s -> %s", record.step, ", ".join(record.events), record.action)
         solver = record.solver
         if (

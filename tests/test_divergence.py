@@ -367,3 +367,17 @@ def test_a_neumann_series_with_zero_terms_is_logged_once(caplog):
     assert all(r.solver.iterations == 0 for r in tuner.history)
     zero = [r.getMessage() for r in caplog.records if "before its first term" in r.getMessage()]
     assert len(zero) == 1 and zero[0].startswith("meta step 0:")
+
+
+def test_a_sign_backtrack_is_information_and_a_divergence_a_warning(caplog):
+    from hypergrad.records import MetaStepRecord
+
+    cb = LoggingCallback()
+    caplog.set_level(logging.INFO, logger="hypergrad")
+    cb.on_meta_step(None, MetaStepRecord(step=2, meta_loss=None, val_loss=None, train_loss=None,
+                                         events=("backtrack",), action="backtrack"))
+    cb.on_meta_step(None, MetaStepRecord(step=3, meta_loss=None, val_loss=None, train_loss=None,
+                                         events=("nonfinite_loss",), action="backoff"))
+    levels = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert levels[0][0] == logging.INFO and "back to the last accepted point" in levels[0][1]
+    assert levels[1] == (logging.WARNING, "meta step 3: nonfinite_loss -> backoff")
