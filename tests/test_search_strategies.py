@@ -456,3 +456,16 @@ def test_robust_selection_settings_are_checked():
         with pytest.raises(ValueError, match=message):
             SignStrategy(**bad)
     assert SignStrategy(backoff=0.8).min_budget() == SignStrategy().min_budget() + 2
+
+
+@pytest.mark.parametrize(("method", "want"), [("forward", "neumann"), ("bptt", "neumann"), ("cg", "cg")])
+def test_under_torch_distributed_the_estimator_takes_an_rbp_method(method, want):
+    """Only the RBP family reduces its hypergradient over ranks: forward mode and BPTT are not taken there."""
+    from hypergrad.strategies.estimator import choose_estimator
+
+    problem = tiny_problem()
+    problem.parallel = object()  # the estimator only asks whether the problem is data-parallel
+    assert choose_estimator(MetaObjective(problem, _cfg(method=method)), _cfg(method=method)).method == want
+    with pytest.raises(ValueError, match=r"not available under torch\.distributed"):
+        cfg = _cfg(method="bptt", segments=2)
+        choose_estimator(MetaObjective(problem, cfg), cfg)

@@ -132,9 +132,13 @@ def choose_estimator(objective: MetaObjective, config: TuneConfig) -> Estimator:
         limit, source = int(config.max_memory * GIB), "max_memory"
     else:
         limit, source = default_max_memory(problem.w0[0].device)
-    if problem.parallel is not None:
-        return Estimator(method=fallback, reason=f"{fallback}: BPTT is not available under torch.distributed",
-                         graph_bytes=0, limit_bytes=limit, limit_source=source)
+    if problem.parallel is not None:  # only the RBP family reduces its hypergradient over ranks
+        if config.segments > 1:
+            raise ValueError(f"segments={config.segments} (a schedule) is not available under torch.distributed: "
+                             "it needs BPTT or forward mode, which do not run across ranks")
+        rbp = config.method if get_method(config.method).family == "implicit" else "neumann"
+        return Estimator(method=rbp, reason=f"{rbp}: BPTT and forward mode are not available under "
+                         "torch.distributed", graph_bytes=0, limit_bytes=limit, limit_source=source)
     if config.method == "forward":
         return Estimator(method="forward", reason="forward: requested by method (BPTT's hypergradient, carried "
                          "forward at a memory that does not grow with T)", graph_bytes=0, limit_bytes=limit,
